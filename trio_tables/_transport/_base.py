@@ -1,0 +1,465 @@
+"""The transport contract: everything the rest of trio_tables may ask of Kafka.
+
+Two implementations exist: :mod:`._kafka` (kafka-python on worker threads) and
+:mod:`._memory` (an in-process broker, URL ``memory://``). Both pass the same contract
+test suite (``tests/contract``). Nothing outside ``_transport`` imports kafka-python.
+
+Conventions shared by every implementation:
+
+* Offsets are Kafka offsets. A *committed* offset, like a *position*, is the offset of the
+  next record to read. An *end offset* is the partition's high watermark: the offset the
+  next produced record will get (under ``read_committed``: the last stable offset).
+  Offsets may have gaps (transaction markers, compaction): never count records to decide
+  whether a partition was read to its end; compare the position with the end offset.
+* Timestamps are integer milliseconds since the epoch.
+* **Cancellation.** Every ``async`` method may be cancelled. A call that reached the
+  broker completes there (kafka-python calls cannot be interrupted; the Kafka transport
+  waits for the worker thread before raising :class:`trio.Cancelled`); the client stays
+  usable. A cancelled ``poll()`` hands its records back: the next ``poll()`` returns them
+  again, so a cancelled poll loses nothing. A client that hits an unrecoverable error
+  closes itself; later calls raise :class:`~trio_tables.errors.TransportClosed`.
+* **Rebalance listener.** A group consumer calls its :class:`RebalanceListener` from a
+  Trio task while the group waits for it (revocation blocks the rebalance, heartbeats keep
+  flowing). The listener must not call the consumer (that consumer's ``poll()`` is what is
+  waiting for it); it returns the offsets to commit instead, and the consumer commits them
+  before the partitions are released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Literal, Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from ..errors import DeliveryFailed
+
+__all__ = [
+    "Admin",
+    "Assignor",
+    "Delivery",
+    "GroupConsumer",
+    "GroupMetadata",
+    "Headers",
+    "IsolationLevel",
+    "MemberAssignment",
+    "MemberSubscription",
+    "OutgoingRecord",
+    "Producer",
+    "RebalanceListener",
+    "RebalanceProtocol",
+    "Record",
+    "RecordMetadata",
+    "RestoreConsumer",
+    "TP",
+    "TopicDescription",
+    "Transport",
+]
+
+Headers = tuple[tuple[str, bytes], ...]
+IsolationLevel = Literal["read_uncommitted", "read_committed"]
+RebalanceProtocol = Literal["eager", "cooperative"]
+
+
+def _headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
+    return tuple((str(k), bytes(v)) for k, v in (value or ()))
+
+
+@attrs.frozen(order=True)
+class TP:
+    """A topic-partition."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@attrs.frozen
+class Record:
+    """A record read from a partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: Headers = ()
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+@attrs.frozen
+class OutgoingRecord:
+    """A record to produce. ``partition=None`` lets the producer's partitioner choose
+    (murmur2 of the key, as Kafka's default partitioner); ``timestamp=None`` means now."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    partition: int | None = None
+    headers: Headers = attrs.field(default=(), converter=_headers)
+    timestamp: int | None = None
+
+
+@attrs.frozen
+class RecordMetadata:
+    """Where the broker stored an acknowledged record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+@attrs.frozen
+class TopicDescription:
+    """A topic as the broker describes it. ``configs`` holds what the broker reported
+    (some brokers report only non-default values)."""
+
+    name: str
+    partitions: int
+    configs: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+
+
+@attrs.frozen
+class GroupMetadata:
+    """A consumer's group membership, as needed to commit offsets inside a producer
+    transaction (KIP-447 fencing of stale members)."""
+
+    group_id: str
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None = None
+
+
+@attrs.frozen
+class MemberSubscription:
+    """What one member of a group told the group when it joined."""
+
+    topics: frozenset[str]
+    user_data: bytes = b""
+    owned: frozenset[TP] = frozenset()
+
+
+@attrs.frozen
+class MemberAssignment:
+    """What the group leader gave one member."""
+
+    partitions: frozenset[TP]
+    user_data: bytes = b""
+
+
+class Delivery:
+    """The acknowledgement of one produced record, awaitable from Trio.
+
+    Created by :meth:`Producer.send`; settled (once) by the transport when the broker
+    acknowledged the record or the send failed.
+    """
+
+    __slots__ = ("_error", "_event", "_metadata", "record")
+
+    def __init__(self, record: OutgoingRecord) -> None:
+        self.record = record
+        self._event = trio.Event()
+        self._metadata: RecordMetadata | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def settle(self, metadata: RecordMetadata | None, error: BaseException | None) -> None:
+        """Record the outcome; called by transports from the Trio thread only."""
+        if self._event.is_set():
+            return
+        self._metadata = metadata
+        self._error = error
+        self._event.set()
+
+    def result(self) -> RecordMetadata:
+        """The metadata of a settled delivery, or raise :class:`DeliveryFailed`."""
+        if not self._event.is_set():
+            raise RuntimeError("delivery is not settled yet; await wait() first")
+        if self._error is not None:
+            raise DeliveryFailed(
+                self.record.topic, self.record.partition, self._error
+            ) from self._error
+        assert self._metadata is not None
+        return self._metadata
+
+    async def wait(self) -> RecordMetadata:
+        """Wait for the broker's acknowledgement.
+
+        Cancelling the wait does not cancel the send: the record is still delivered (or
+        fails) and :meth:`Producer.flush` still accounts for it.
+        """
+        await self._event.wait()
+        return self.result()
+
+
+@runtime_checkable
+class RebalanceListener(Protocol):
+    """Receives the group's partition movements, in Trio.
+
+    Called by the consumer while it rebalances; the group waits until each call returns.
+    Under the eager protocol every rebalance revokes all partitions and assigns the new
+    set; under the cooperative protocol only moved partitions are revoked and only new
+    ones are passed to ``on_partitions_assigned``.
+    """
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
+        """Stop using ``revoked``; return the offsets to commit for them (or ``None``).
+        The consumer commits them before the partitions are released to another member."""
+        ...
+
+    async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+        """``assigned`` now belongs to this member. Fetching starts from the committed
+        offsets (or ``auto_offset_reset``) once this returns."""
+        ...
+
+    async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
+        """The member was evicted (session timeout): ``lost`` may already be owned by
+        someone else. Discard uncommitted work for them; nothing can be committed."""
+        ...
+
+
+@runtime_checkable
+class Assignor(Protocol):
+    """A group assignment strategy, run on the member the group elects as leader.
+
+    ``assign`` returns the *target* assignment. Under the cooperative protocol the
+    transport withholds partitions that still belong to another member for one round
+    (that member revokes them and the group rebalances again), so an assignor never
+    needs to know which protocol is in use.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def rebalance_protocols(self) -> Sequence[RebalanceProtocol]:
+        """Protocols this assignor supports, preferred first."""
+        ...
+
+    def metadata(self, topics: frozenset[str]) -> bytes:
+        """User data this member sends to the leader when joining."""
+        ...
+
+    def assign(
+        self, partitions: Mapping[str, int], members: Mapping[str, MemberSubscription]
+    ) -> Mapping[str, MemberAssignment]:
+        """Compute every member's assignment; ``partitions`` maps each subscribed
+        topic to its partition count. Every partition must go to exactly one member."""
+        ...
+
+    def on_assignment(self, assignment: MemberAssignment, generation: int) -> None:
+        """Called on every member with its own assignment of ``generation``."""
+        ...
+
+
+class Admin(Protocol):
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        *,
+        replication_factor: int = 1,
+        configs: Mapping[str, str] | None = None,
+        exist_ok: bool = True,
+    ) -> TopicDescription:
+        """Create ``name``; if it exists (and ``exist_ok``), check its partition count.
+
+        Raises :class:`~trio_tables.errors.PartitionCountMismatch` when an existing topic
+        has another partition count. Configs of an existing topic are left alone.
+        """
+        ...
+
+    async def describe_topic(self, name: str) -> TopicDescription:
+        """Raises :class:`~trio_tables.errors.UnknownTopic` if it does not exist."""
+        ...
+
+    async def list_topics(self) -> frozenset[str]: ...
+
+
+class Producer(Protocol):
+    """Produces records; optionally transactional. One owner task at a time."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        timestamp: int | None = None,
+    ) -> Delivery:
+        """Hand one record to the producer and return its :class:`Delivery`.
+
+        Waits (backpressure) while ``max_in_flight`` records are unacknowledged. Returns
+        once the record is accepted, not when it is acknowledged: await the delivery or
+        :meth:`flush` for that. Cancelled while waiting for room: nothing was sent.
+        """
+        ...
+
+    async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        """Like :meth:`send` for many records at once (one thread hop on Kafka).
+
+        May exceed ``max_in_flight`` by up to ``len(records)``: the bound is checked before
+        the batch is handed over. Cancelled before the hand-over: nothing was sent.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every record sent so far is acknowledged.
+
+        Raises :class:`~trio_tables.errors.DeliveryFailed` for the first record that
+        failed since the previous flush. Cancellation leaves the records in flight.
+        """
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Records sent and not yet settled."""
+        ...
+
+    async def init_transactions(self) -> None:
+        """Register the transactional id, fencing older producers with the same id and
+        aborting what they left open. Needs ``transactional_id``."""
+        ...
+
+    async def begin_transaction(self) -> None: ...
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TP, int], group: GroupMetadata
+    ) -> None:
+        """Make committing ``offsets`` for ``group`` part of the open transaction."""
+        ...
+
+    async def commit_transaction(self) -> None:
+        """Flush and commit. Raises :class:`~trio_tables.errors.ProducerFenced` if a newer
+        producer took over, :class:`~trio_tables.errors.TransactionError` otherwise."""
+        ...
+
+    async def abort_transaction(self) -> None: ...
+
+
+class _Fetching(Protocol):
+    async def poll(
+        self, *, timeout: float = 0.2, max_records: int | None = None
+    ) -> Mapping[TP, Sequence[Record]]:
+        """Records fetched since the last poll, by partition, in offset order.
+
+        Returns an empty mapping when nothing arrived within ``timeout`` seconds.
+        Cancelled: the records are handed back and returned by the next poll.
+        """
+        ...
+
+    async def seek(self, tp: TP, offset: int) -> None: ...
+
+    async def position(self, tp: TP) -> int:
+        """The offset of the next record this consumer will return for ``tp``."""
+        ...
+
+    async def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]: ...
+
+    async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """The true end (high watermark; last stable offset under ``read_committed``)
+        of each partition, taken from a fetch response (correct on brokers whose
+        ListOffsets is not, see BROKER.md). Does not move this consumer's positions."""
+        ...
+
+    async def pause(self, tps: Iterable[TP]) -> None:
+        """Stop fetching ``tps`` until resumed; records already fetched for them are kept
+        and returned after :meth:`resume`."""
+        ...
+
+    async def resume(self, tps: Iterable[TP]) -> None: ...
+
+    def paused(self) -> frozenset[TP]: ...
+
+
+class GroupConsumer(_Fetching, Protocol):
+    """A member of a consumer group, subscribed to topics."""
+
+    def assignment(self) -> frozenset[TP]:
+        """Partitions assigned to this member (as of the last completed rebalance)."""
+        ...
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit ``offsets`` (next offsets to read) for this group, synchronously.
+
+        Raises :class:`~trio_tables.errors.CommitFailed` when the group rebalanced and
+        this member no longer owns a partition it commits.
+        """
+        ...
+
+    async def committed(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """The group's committed offsets (``None``: never committed)."""
+        ...
+
+    async def group_metadata(self) -> GroupMetadata: ...
+
+
+class RestoreConsumer(_Fetching, Protocol):
+    """A group-less consumer over explicitly assigned partitions (changelog restore)."""
+
+    async def assign(self, tps: Iterable[TP]) -> None:
+        """Replace the assignment. New partitions start at their beginning; partitions
+        kept keep their position."""
+        ...
+
+    def assignment(self) -> frozenset[TP]: ...
+
+
+class Transport(Admin, Protocol):
+    """A connection to one Kafka cluster (or the in-process broker)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def open_producer(
+        self,
+        *,
+        transactional_id: str | None = None,
+        max_in_flight: int = 10_000,
+        linger: float = 0.005,
+    ) -> AbstractAsyncContextManager[Producer]:
+        """A producer for the block; leaving it flushes (unless an error is raised) and
+        closes."""
+        ...
+
+    def open_group_consumer(
+        self,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        listener: RebalanceListener,
+        assignors: Sequence[Assignor] | None = None,
+        rebalance_protocol: RebalanceProtocol = "eager",
+        isolation_level: IsolationLevel = "read_uncommitted",
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        max_poll_records: int = 5000,
+    ) -> AbstractAsyncContextManager[GroupConsumer]:
+        """Join ``group_id`` for the block (the join itself happens in ``poll()``);
+        leaving it revokes through the listener, commits what it returns and leaves
+        the group. Unknown topics raise :class:`~trio_tables.errors.UnknownTopic`."""
+        ...
+
+    def open_restore_consumer(
+        self,
+        *,
+        isolation_level: IsolationLevel = "read_uncommitted",
+        max_poll_records: int = 10_000,
+    ) -> AbstractAsyncContextManager[RestoreConsumer]: ...

@@ -1,0 +1,105 @@
+"""Typed errors of trio_tables.
+
+Every error says what went wrong and what to do about it. All derive from
+:class:`TrioTablesError`, so ``except trio_tables.errors.TrioTablesError`` catches
+everything this library raises on purpose.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "CommitFailed",
+    "DeliveryFailed",
+    "PartitionCountMismatch",
+    "ProducerFenced",
+    "TransactionError",
+    "TransportClosed",
+    "TrioTablesError",
+    "UnknownTopic",
+    "UnsupportedBrokerURL",
+]
+
+
+class TrioTablesError(Exception):
+    """Base class of every error trio_tables raises on purpose."""
+
+
+class UnsupportedBrokerURL(TrioTablesError, ValueError):
+    """The broker URL has a scheme trio_tables does not know."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"unsupported broker URL {url!r}: use 'kafka://host:port[,host:port...]' "
+            "for a Kafka cluster or 'memory://[name]' for the in-process broker"
+        )
+        self.url = url
+
+
+class BrokerUnavailable(TrioTablesError):
+    """No broker answered within the connect timeout (or the connection was lost)."""
+
+    def __init__(self, servers: str, timeout: float, detail: str = "") -> None:
+        message = (
+            f"no Kafka broker reachable at {servers} within {timeout:g}s"
+            + (f" ({detail})" if detail else "")
+            + ": check that the broker runs and that the address and port are right "
+            "(for development, `python -m trio_tables broker` starts one)"
+        )
+        super().__init__(message)
+        self.servers = servers
+        self.timeout = timeout
+
+
+class UnknownTopic(TrioTablesError):
+    """A topic that the operation needs does not exist on the broker."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist: create it first (trio_tables never relies on "
+            "broker auto-creation), or check the name"
+        )
+        self.topic = topic
+
+
+class PartitionCountMismatch(TrioTablesError):
+    """A topic exists with a different number of partitions than required."""
+
+    def __init__(self, topic: str, *, expected: int, actual: int, reason: str = "") -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"topic {topic!r} has {actual} partitions but {expected} are required{why}: "
+            f"delete and recreate {topic!r} with {expected} partitions, or use another topic name"
+        )
+        self.topic = topic
+        self.expected = expected
+        self.actual = actual
+
+
+class DeliveryFailed(TrioTablesError):
+    """The broker did not acknowledge a produced record."""
+
+    def __init__(self, topic: str, partition: int | None, cause: BaseException) -> None:
+        where = topic if partition is None else f"{topic}[{partition}]"
+        super().__init__(f"record to {where} was not acknowledged by the broker: {cause!r}")
+        self.topic = topic
+        self.partition = partition
+
+
+class CommitFailed(TrioTablesError):
+    """An offset commit was rejected, usually because the group rebalanced meanwhile."""
+
+
+class TransactionError(TrioTablesError):
+    """A transactional operation failed; the current transaction must be aborted."""
+
+
+class ProducerFenced(TransactionError):
+    """Another producer with the same transactional id took over (a zombie was fenced).
+
+    This worker must stop: its work is now owned by the newer instance.
+    """
+
+
+class TransportClosed(TrioTablesError):
+    """The client was closed (or closed itself after an unrecoverable error)."""

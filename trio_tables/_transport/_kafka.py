@@ -1,0 +1,366 @@
+"""The Kafka transport: kafka-python 3 driven from Trio (URL ``kafka://host:port,...``).
+
+Each kafka-python client (admin, producer, consumers, the high-watermark probe) has one
+:class:`~._kafka_bridge.ClientOwner`: calls go through a worker thread one at a time.
+Consumers poll with short timeouts (``poll(timeout=...)``, 0.2 s by default), which bounds
+how long a cancellation waits for the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import trio
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+
+from ..errors import BrokerUnavailable, PartitionCountMismatch, UnknownTopic
+from ._assignment import CoPartitionedAssignor
+from ._base import (
+    Assignor,
+    GroupConsumer,
+    IsolationLevel,
+    Producer,
+    RebalanceListener,
+    RebalanceProtocol,
+    RestoreConsumer,
+    TopicDescription,
+)
+from ._kafka_assignor import KafkaAssignorAdapter
+from ._kafka_bridge import ClientOwner
+from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
+from ._kafka_producer import KafkaTransportProducer
+
+__all__ = ["KafkaSettings", "KafkaTransport", "open_kafka_transport"]
+
+logger = logging.getLogger("trio_tables.transport.kafka")
+
+_UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
+
+
+@attrs.frozen(kw_only=True)
+class KafkaSettings:
+    """Connection and client settings shared by every client of a Kafka transport.
+
+    The defaults suit a production cluster. Against the embedded Tansu broker use
+    ``session_timeout_ms=6000, heartbeat_interval_ms=1000`` (Tansu holds each join round
+    for about half the session timeout). ``extra`` passes any other kafka-python setting
+    to every client that knows it (e.g. ``{"ssl_check_hostname": False}``).
+    """
+
+    bootstrap_servers: str
+    client_id: str = "trio-tables"
+    connect_timeout: float = 10.0
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = attrs.field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = attrs.field(default=None, repr=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def for_client(self, client_class: Any, **specific: Any) -> dict[str, Any]:
+        """kafka-python configuration for one client class: the shared settings it
+        knows, then ``specific`` (which wins)."""
+        shared: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "bootstrap_timeout_ms": int(self.connect_timeout * 1000),
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": self.sasl_plain_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_password": self.ssl_password,
+            **self.extra,
+            **specific,
+        }
+        known = client_class.DEFAULT_CONFIG
+        return {k: v for k, v in shared.items() if k in known and v is not None}
+
+
+class KafkaTransport:
+    """Implements :class:`~trio_tables._transport._base.Transport` on kafka-python."""
+
+    def __init__(self, settings: KafkaSettings, admin: Any) -> None:
+        self.settings = settings
+        self._admin = admin
+        self._admin_owner = ClientOwner("Kafka admin client")
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.settings.bootstrap_servers}"
+
+    async def _connect(self, make: Any, config: dict[str, Any]) -> Any:
+        """Create a kafka-python client in a worker thread; typed error if unreachable."""
+        try:
+            return await trio.to_thread.run_sync(lambda: make(**config))
+        except (kafka_errors.NoBrokersAvailable, kafka_errors.KafkaTimeoutError) as exc:
+            raise BrokerUnavailable(
+                self.settings.bootstrap_servers, self.settings.connect_timeout, str(exc)
+            ) from exc
+
+    # -- Admin -----------------------------------------------------------------------------
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        *,
+        replication_factor: int = 1,
+        configs: Mapping[str, str] | None = None,
+        exist_ok: bool = True,
+    ) -> TopicDescription:
+        topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(configs or {}))
+        try:
+            await self._admin_owner.run(self._admin.create_topics, [topic])
+        except kafka_errors.TopicAlreadyExistsError:
+            if not exist_ok:
+                raise
+            existing = await self.describe_topic(name)
+            if existing.partitions != partitions:
+                raise PartitionCountMismatch(
+                    name, expected=partitions, actual=existing.partitions
+                ) from None
+            return existing
+        return await self._describe_until_visible(name)
+
+    async def _describe_until_visible(self, name: str) -> TopicDescription:
+        with trio.fail_after(self.settings.request_timeout_ms / 1000):
+            while True:
+                try:
+                    return await self.describe_topic(name)
+                except UnknownTopic:
+                    await trio.sleep(0.05)  # metadata of a new topic propagates
+
+    async def describe_topic(self, name: str) -> TopicDescription:
+        def describe() -> tuple[Any, dict[str, str]]:
+            (info,) = self._admin.describe_topics([name])
+            if info["error_code"] == _UNKNOWN_TOPIC or not info["partitions"]:
+                return info, {}
+            configs: dict[str, str] = {}
+            try:
+                raw = self._admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+                configs = {str(k): str(v) for k, v in raw.get("topic", {}).get(name, {}).items()}
+            except kafka_errors.KafkaError as exc:  # some brokers cannot describe configs
+                logger.debug("describe_configs(%s) failed: %r", name, exc)
+            return info, configs
+
+        info, configs = await self._admin_owner.run(describe)
+        if info["error_code"] == _UNKNOWN_TOPIC or not info["partitions"]:
+            raise UnknownTopic(name)
+        if info["error_code"]:
+            raise kafka_errors.for_code(info["error_code"])(f"describe_topics({name!r})")
+        return TopicDescription(name, len(info["partitions"]), configs)
+
+    async def list_topics(self) -> frozenset[str]:
+        return frozenset(await self._admin_owner.run(self._admin.list_topics))
+
+    # -- Clients -----------------------------------------------------------------------
+    @asynccontextmanager
+    async def _open_producer(
+        self, *, transactional_id: str | None, max_in_flight: int, linger: float
+    ) -> AsyncIterator[Producer]:
+        config = self.settings.for_client(
+            KafkaProducer,
+            acks="all",
+            linger_ms=int(linger * 1000),
+            batch_size=256 * 1024,
+            transactional_id=transactional_id,
+        )
+        client = await self._connect(KafkaProducer, config)
+        producer = KafkaTransportProducer(
+            ClientOwner(f"Kafka producer {transactional_id or ''}".strip()),
+            client,
+            max_in_flight=max_in_flight,
+            transactional=transactional_id is not None,
+            check_topic=self.describe_topic,
+        )
+        failed = True
+        try:
+            yield producer
+            failed = False
+        finally:
+            await producer.close(flush=not failed)
+
+    def open_producer(
+        self,
+        *,
+        transactional_id: str | None = None,
+        max_in_flight: int = 10_000,
+        linger: float = 0.005,
+    ) -> Any:
+        return self._open_producer(
+            transactional_id=transactional_id, max_in_flight=max_in_flight, linger=linger
+        )
+
+    @asynccontextmanager
+    async def _open_probe(
+        self, isolation_level: IsolationLevel
+    ) -> AsyncIterator[HighWatermarkProbe]:
+        config = self.settings.for_client(
+            KafkaConsumer,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level=isolation_level,
+            max_partition_fetch_bytes=1,  # a fetch still returns one batch (KIP-74)
+            auto_offset_reset="earliest",
+        )
+        client = await self._connect(KafkaConsumer, config)
+        probe = HighWatermarkProbe(
+            ClientOwner("Kafka high-watermark probe"), client, self.settings.connect_timeout
+        )
+        try:
+            yield probe
+        finally:
+            await probe.close()
+
+    @asynccontextmanager
+    async def _open_group_consumer(
+        self,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        listener: RebalanceListener,
+        assignors: Sequence[Assignor] | None,
+        rebalance_protocol: RebalanceProtocol,
+        isolation_level: IsolationLevel,
+        auto_offset_reset: Literal["earliest", "latest"],
+        max_poll_records: int,
+    ) -> AsyncIterator[GroupConsumer]:
+        topic_list = sorted(set(topics))
+        for topic in topic_list:
+            await self.describe_topic(topic)  # UnknownTopic before joining anything
+        adapters = [
+            KafkaAssignorAdapter(assignor, rebalance_protocol)
+            for assignor in (assignors or [CoPartitionedAssignor()])
+        ]
+        s = self.settings
+        config = s.for_client(
+            KafkaConsumer,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            isolation_level=isolation_level,
+            max_poll_records=max_poll_records,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            partition_assignment_strategy=adapters,
+            allow_auto_create_topics=False,
+            fetch_max_bytes=50 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        async with self._open_probe(isolation_level) as probe, trio.open_nursery() as nursery:
+            client = await self._connect(KafkaConsumer, config)
+            consumer = KafkaGroupConsumer(
+                ClientOwner(f"Kafka group consumer {group_id}"),
+                client,
+                probe,
+                listener=listener,
+                nursery=nursery,
+            )
+            try:
+                await consumer._owner.run(
+                    lambda: client.subscribe(topic_list, listener=consumer.bridge)
+                )
+                yield consumer
+            finally:
+                # Revokes through the listener (still served by this nursery), commits
+                # what it returns, and leaves the group.
+                await consumer.close()
+
+    def open_group_consumer(
+        self,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        listener: RebalanceListener,
+        assignors: Sequence[Assignor] | None = None,
+        rebalance_protocol: RebalanceProtocol = "eager",
+        isolation_level: IsolationLevel = "read_uncommitted",
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        max_poll_records: int = 5000,
+    ) -> Any:
+        return self._open_group_consumer(
+            group_id,
+            topics,
+            listener=listener,
+            assignors=assignors,
+            rebalance_protocol=rebalance_protocol,
+            isolation_level=isolation_level,
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=max_poll_records,
+        )
+
+    @asynccontextmanager
+    async def _open_restore_consumer(
+        self, *, isolation_level: IsolationLevel, max_poll_records: int
+    ) -> AsyncIterator[RestoreConsumer]:
+        config = self.settings.for_client(
+            KafkaConsumer,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=isolation_level,
+            max_poll_records=max_poll_records,
+            fetch_max_bytes=50 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        async with self._open_probe(isolation_level) as probe:
+            client = await self._connect(KafkaConsumer, config)
+            consumer = KafkaRestoreConsumer(ClientOwner("Kafka restore consumer"), client, probe)
+            try:
+                yield consumer
+            finally:
+                await consumer.close()
+
+    def open_restore_consumer(
+        self,
+        *,
+        isolation_level: IsolationLevel = "read_uncommitted",
+        max_poll_records: int = 10_000,
+    ) -> Any:
+        return self._open_restore_consumer(
+            isolation_level=isolation_level, max_poll_records=max_poll_records
+        )
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            if not self._admin_owner.closed:
+                await self._admin_owner.run(self._admin.close)
+                self._admin_owner.closed = True
+
+
+@asynccontextmanager
+async def open_kafka_transport(servers: str, **options: Any) -> AsyncIterator[KafkaTransport]:
+    """Connect to the Kafka cluster at ``servers`` (``host:port[,host:port...]``).
+
+    ``options`` are :class:`KafkaSettings` fields. Raises
+    :class:`~trio_tables.errors.BrokerUnavailable` when no broker answers within
+    ``connect_timeout`` seconds.
+    """
+    if not servers:
+        raise ValueError("kafka:// URL without servers: use kafka://host:port")
+    settings = KafkaSettings(bootstrap_servers=servers, **options)
+    transport = KafkaTransport(settings, None)
+    transport._admin = await transport._connect(
+        KafkaAdminClient, settings.for_client(KafkaAdminClient)
+    )
+    try:
+        yield transport
+    finally:
+        await transport.aclose()

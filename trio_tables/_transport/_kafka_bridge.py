@@ -1,0 +1,91 @@
+"""How Trio talks to kafka-python: one owner per client, and the way back from
+kafka-python's IO thread into Trio.
+
+kafka-python clients are not thread-safe and block. Every call goes through
+:meth:`ClientOwner.run`: a worker thread via :func:`trio.to_thread.run_sync` with a
+``CapacityLimiter(1)`` per client (calls never overlap) and ``abandon_on_cancel=False``
+(a cancelled call finishes in its thread before :class:`trio.Cancelled` is raised, so the
+next call never overlaps an abandoned one).
+
+kafka-python 3 runs each client's network on its own IO thread with a small event loop.
+Rebalance listeners run on that loop; they hand work to Trio with
+``TrioToken.run_sync_soon`` and wait on a kafka :class:`~kafka.future.Future` that Trio
+resolves. Resolving it from another thread needs the loop to be woken up, which is only
+reachable through private attributes: :func:`resolve_on_io_loop` and
+:func:`commit_on_io_loop` are the only places that touch them (tests in
+``tests/integration/test_kafka_bridge.py`` pin the behaviour).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import trio
+from kafka.future import Future as KafkaFuture
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from ..errors import TransportClosed
+from ._base import TP
+
+__all__ = ["ClientOwner", "commit_on_io_loop", "resolve_on_io_loop"]
+
+logger = logging.getLogger("trio_tables.transport.kafka")
+
+T = TypeVar("T")
+
+
+class ClientOwner:
+    """Serialises every call to one kafka-python client through one worker thread at a
+    time; knows whether the client was closed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.limiter = trio.CapacityLimiter(1)
+        self.closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread, after every earlier call on this client.
+
+        Cancellation: the call is not abandoned; if it already started it completes in
+        its thread and then :class:`trio.Cancelled` is raised (its result is dropped).
+        """
+        if self.closed:
+            raise TransportClosed(f"{self.name} is closed")
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self.limiter, abandon_on_cancel=False
+        )
+
+
+def to_kafka_tp(tp: TP) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def from_kafka_tp(tp: TopicPartition) -> TP:
+    return TP(tp.topic, tp.partition)
+
+
+def to_kafka_offsets(offsets: Mapping[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {to_kafka_tp(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+
+def _io_loop(consumer: Any) -> Any:
+    # kafka-python 3: KafkaConsumer._net is the client's NetworkSelector (its IO loop).
+    return consumer._net
+
+
+def resolve_on_io_loop(consumer: Any, future: KafkaFuture, value: Any) -> None:
+    """Complete ``future`` on ``consumer``'s IO loop and wake the loop, from any thread.
+
+    A task of that loop awaiting ``future`` then resumes at once (resolving it directly
+    from another thread would leave the loop asleep until its next timeout).
+    """
+    _io_loop(consumer).call_soon_threadsafe(lambda: future.success(value))
+
+
+async def commit_on_io_loop(consumer: Any, offsets: Mapping[TP, int]) -> None:
+    """Commit ``offsets`` from a coroutine running on ``consumer``'s IO loop (a rebalance
+    listener), where the blocking ``consumer.commit()`` would deadlock."""
+    future = consumer._coordinator.commit_offsets_async(to_kafka_offsets(offsets))
+    await future

@@ -1,0 +1,234 @@
+"""The Kafka producer: kafka-python's ``KafkaProducer`` owned by one Trio task.
+
+Records are handed to kafka-python in batches (one thread hop per batch). Acknowledgements
+arrive on kafka-python's sender thread; they are collected under a lock and delivered to
+Trio with one ``run_sync_soon`` per burst, not one per record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import trio
+from kafka import KafkaProducer
+from kafka import errors as kafka_errors
+from kafka.structs import ConsumerGroupMetadata
+
+from ..errors import ProducerFenced, TransactionError
+from ._base import (
+    TP,
+    Delivery,
+    GroupMetadata,
+    OutgoingRecord,
+    RecordMetadata,
+)
+from ._kafka_bridge import ClientOwner, to_kafka_offsets
+
+__all__ = ["KafkaTransportProducer"]
+
+
+class _AckQueue:
+    """Settles deliveries in Trio from kafka-python's sender thread, in bursts."""
+
+    def __init__(self, producer: KafkaTransportProducer) -> None:
+        self._producer = producer
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Delivery, Any, BaseException | None]] = []
+        self._scheduled = False
+
+    def on_done(self, delivery: Delivery, outcome: Any) -> None:
+        """kafka-python callback (any thread): ``outcome`` is RecordMetadata or an error."""
+        error = outcome if isinstance(outcome, BaseException) else None
+        with self._lock:
+            self._pending.append((delivery, None if error else outcome, error))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(trio.RunFinishedError):  # the run is over; nobody waits
+            self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._scheduled = False
+        self._producer._settle(pending)
+
+
+def _metadata(raw: Any) -> RecordMetadata:
+    return RecordMetadata(raw.topic, raw.partition, raw.offset, raw.timestamp)
+
+
+def _group(group: GroupMetadata) -> Any:
+    return ConsumerGroupMetadata(
+        group_id=group.group_id,
+        generation_id=group.generation_id,
+        member_id=group.member_id,
+        group_instance_id=group.group_instance_id,
+    )
+
+
+class KafkaTransportProducer:
+    """Implements :class:`~trio_tables._transport._base.Producer` on kafka-python."""
+
+    def __init__(
+        self,
+        owner: ClientOwner,
+        producer: Any,
+        *,
+        max_in_flight: int,
+        transactional: bool,
+        check_topic: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self._owner = owner
+        self._check_topic = check_topic
+        self._known_topics: set[str] = set()
+        self._producer = producer
+        self._max_in_flight = max_in_flight
+        self._transactional = transactional
+        self._in_flight = 0
+        self._room = trio.lowlevel.ParkingLot()
+        self._acks = _AckQueue(self)
+        self._first_error: Delivery | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _settle(self, outcomes: list[tuple[Delivery, Any, BaseException | None]]) -> None:
+        for delivery, raw, error in outcomes:
+            if error is not None:
+                delivery.settle(None, error)
+                if self._first_error is None:
+                    self._first_error = delivery
+            else:
+                delivery.settle(_metadata(raw), None)
+        self._in_flight -= len(outcomes)
+        self._room.unpark_all()
+
+    async def _wait_for_room(self) -> None:
+        while self._in_flight >= self._max_in_flight:
+            await self._room.park()
+
+    def _hand_over(self, deliveries: list[Delivery]) -> None:
+        """Runs in the worker thread: give every record to kafka-python."""
+        send = self._producer.send
+        on_done = self._acks.on_done
+        for delivery in deliveries:
+            record = delivery.record
+            try:
+                future = send(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    headers=list(record.headers) or None,
+                    timestamp_ms=record.timestamp,
+                )
+            except Exception as exc:  # e.g. unknown topic, bad partition, buffer timeout
+                on_done(delivery, exc)
+            else:
+                future.add_both(on_done, delivery)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        timestamp: int | None = None,
+    ) -> Delivery:
+        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
+        (delivery,) = await self.send_batch([record])
+        return delivery
+
+    async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        # kafka-python would block for max_block_ms on a topic that does not exist (we never
+        # rely on auto-creation): check each topic once, raising UnknownTopic at once.
+        for topic in {record.topic for record in records} - self._known_topics:
+            await self._check_topic(topic)
+            self._known_topics.add(topic)
+        await self._wait_for_room()
+        deliveries = [Delivery(record) for record in records]
+        if not deliveries:
+            return deliveries
+        # Counted before the hand-over: acks can only arrive after it started.
+        self._in_flight += len(deliveries)
+        try:
+            await self._owner.run(self._hand_over, deliveries)
+        except trio.Cancelled:
+            # The thread finished the hand-over before Cancelled was raised: the records
+            # are in flight and flush() accounts for them.
+            raise
+        return deliveries
+
+    async def flush(self) -> None:
+        await self._owner.run(self._producer.flush)
+        while self._in_flight:
+            await self._room.park()
+        failed, self._first_error = self._first_error, None
+        if failed is not None:
+            failed.result()  # raises DeliveryFailed naming the record
+
+    async def _transactional_call(self, method: str, *args: Any) -> None:
+        if not self._transactional:
+            raise TransactionError("this producer has no transactional_id")
+        try:
+            await self._owner.run(getattr(self._producer, method), *args)
+        except kafka_errors.ProducerFencedError as exc:
+            raise ProducerFenced(
+                "another producer with this transactional id took over; this worker must "
+                "stop (its partitions now belong to the newer instance)"
+            ) from exc
+        except (kafka_errors.KafkaError, kafka_errors.IllegalStateError) as exc:
+            if isinstance(exc, kafka_errors.InvalidProducerEpochError):
+                raise ProducerFenced(f"producer epoch is stale: {exc}") from exc
+            raise TransactionError(f"{method} failed: {exc}") from exc
+
+    async def init_transactions(self) -> None:
+        await self._transactional_call("init_transactions")
+
+    async def begin_transaction(self) -> None:
+        await self._transactional_call("begin_transaction")
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TP, int], group: GroupMetadata
+    ) -> None:
+        await self._transactional_call(
+            "send_offsets_to_transaction", to_kafka_offsets(offsets), _group(group)
+        )
+
+    async def commit_transaction(self) -> None:
+        await self._transactional_call("commit_transaction")
+        # Acks of the committed records may still be on their way to Trio.
+        while self._in_flight:
+            await self._room.park()
+        failed, self._first_error = self._first_error, None
+        if failed is not None:
+            failed.result()
+
+    async def abort_transaction(self) -> None:
+        await self._transactional_call("abort_transaction")
+        while self._in_flight:
+            await self._room.park()
+        self._first_error = None
+
+    async def close(self, *, flush: bool) -> None:
+        """Close the client; with ``flush``, first wait for every acknowledgement."""
+        try:
+            if flush and not self._owner.closed:
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                if not self._owner.closed:
+                    await self._owner.run(self._producer.close)
+                    self._owner.closed = True
+
+
+def new_kafka_producer(config: dict[str, Any]) -> Any:
+    return KafkaProducer(**config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ._base import MemberAssignment, MemberSubscription, RebalanceProtocol, TP
+from ._base import TP, MemberAssignment, MemberSubscription, RebalanceProtocol
 
 __all__ = ["CoPartitionedAssignor", "withhold_moving_partitions"]
 

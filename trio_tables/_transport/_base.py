@@ -37,6 +37,7 @@ import trio
 from ..errors import DeliveryFailed
 
 __all__ = [
+    "TP",
     "Admin",
     "Assignor",
     "Delivery",
@@ -53,7 +54,6 @@ __all__ = [
     "Record",
     "RecordMetadata",
     "RestoreConsumer",
-    "TP",
     "TopicDescription",
     "Transport",
 ]

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_tables._codecs import (
+    CodecError,
+    JsonCodec,
+    PickleCodec,
+    RawCodec,
+    resolve_codec,
+)
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+
+
+@attrs.frozen
+class Segment:
+    start: Point
+    end: Point
+    label: str = ""
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_json_round_trip(value: Any) -> None:
+    codec = JsonCodec()
+    assert codec.decode(codec.encode(value)) == value
+
+
+@given(st.binary())
+def test_raw_round_trip(value: bytes) -> None:
+    assert RawCodec().decode(RawCodec().encode(value)) == value
+
+
+def test_attrs_classes_round_trip_with_nesting() -> None:
+    codec = JsonCodec(Segment)
+    segment = Segment(Point(1, 2), Point(3, 4), "a")
+    assert codec.encode(segment) == b'{"start":{"x":1,"y":2},"end":{"x":3,"y":4},"label":"a"}'
+    assert codec.decode(codec.encode(segment)) == segment
+
+
+@pytest.mark.parametrize(
+    ("type_", "bad"),
+    [(int, "1"), (int, True), (str, 1), (Point, {"x": 1, "y": 2}), (float, "x")],
+)
+def test_wrong_type_is_a_type_error_at_encode(type_: type, bad: Any) -> None:
+    with pytest.raises(TypeError, match="expected"):
+        JsonCodec(type_).encode(bad)
+
+
+def test_int_is_accepted_as_float() -> None:
+    assert JsonCodec(float).decode(JsonCodec(float).encode(3)) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("codec", "data"),
+    [
+        (JsonCodec(), b"{not json"),
+        (JsonCodec(int), b'"text"'),
+        (JsonCodec(Point), b"[1, 2]"),
+        (JsonCodec(Point), b'{"x": 1}'),
+        (RawCodec(str), b"\xff\xfe"),
+        (PickleCodec(), b"not a pickle"),
+    ],
+)
+def test_undecodable_bytes_raise_codec_error(codec: Any, data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(data)
+
+
+def test_resolve_codec_defaults_and_names() -> None:
+    assert resolve_codec(None, str, default="raw") == RawCodec(str)
+    assert resolve_codec(None, int, default="json") == JsonCodec(int)
+    assert resolve_codec(None, bytes, default="json") == RawCodec(bytes)
+    assert resolve_codec("pickle", None, default="json") == PickleCodec(None)
+    custom = JsonCodec(Point)
+    assert resolve_codec(custom, None, default="raw") is custom
+    with pytest.raises(ValueError, match="unknown serializer 'yaml'"):
+        resolve_codec("yaml", None, default="json")

@@ -1,0 +1,106 @@
+"""One store contract, run on every store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from trio_tables._codecs import JsonCodec
+from trio_tables._store import Store, open_store
+from trio_tables._store._base import MISSING
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+    url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path / 'state'}"
+
+    def make() -> Store:
+        store = open_store(url, name="counts", key_codec=JsonCodec(), value_codec=JsonCodec())
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def test_missing_key_is_missing_not_none(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.get(0, "nope") is MISSING
+    assert store.persisted_offset(0) is None
+    assert store.count(0) == 0
+
+
+def test_falsy_values_are_kept_and_none_deletes(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write_batch(0, {"zero": 0, "empty": "", "list": [], "gone": 1}, offset=3)
+    store.write_batch(0, {"gone": None}, offset=4)
+    assert store.get(0, "zero") == 0
+    assert store.get(0, "empty") == ""
+    assert store.get(0, "list") == []
+    assert store.get(0, "gone") is MISSING
+    assert dict(store.items(0)) == {"zero": 0, "empty": "", "list": []}
+    assert store.count(0) == 3
+    assert store.persisted_offset(0) == 4
+
+
+def test_partitions_are_separate(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write_batch(0, {"a": 1}, offset=10)
+    store.write_batch(1, {"a": 2}, offset=None)
+    assert store.get(0, "a") == 1
+    assert store.get(1, "a") == 2
+    assert store.persisted_offset(0) == 10
+    assert store.persisted_offset(1) is None
+    assert store.partitions() == {0, 1}
+
+
+def test_offset_none_keeps_the_recorded_offset(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write_batch(0, {"a": 1}, offset=7)
+    store.write_batch(0, {"a": 2}, offset=None)
+    assert store.persisted_offset(0) == 7
+    assert store.get(0, "a") == 2
+
+
+def test_reset_partition_forgets_data_and_offset(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write_batch(0, {"a": 1}, offset=7)
+    store.write_batch(1, {"b": 1}, offset=8)
+    store.reset_partition(0)
+    assert store.get(0, "a") is MISSING
+    assert store.persisted_offset(0) is None
+    assert store.get(1, "b") == 1
+
+
+def test_sqlite_unencodable_value_writes_nothing(tmp_path: Path) -> None:
+    store = open_store(
+        f"sqlite://{tmp_path}", name="t", key_codec=JsonCodec(), value_codec=JsonCodec(int)
+    )
+    try:
+        store.write_batch(0, {"a": 1}, offset=1)
+        with pytest.raises(TypeError):
+            store.write_batch(0, {"b": 2, "bad": "not an int"}, offset=2)
+        assert store.get(0, "b") is MISSING
+        assert store.persisted_offset(0) == 1
+    finally:
+        store.close()
+
+
+def test_persistent_store_survives_reopen(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write_batch(2, {"k": {"nested": [1, 2]}, "n": 0}, offset=41)
+    store.close()
+    reopened = make_store()
+    if store.persistent:
+        assert reopened.persisted_offset(2) == 41
+        assert dict(reopened.items(2)) == {"k": {"nested": [1, 2]}, "n": 0}
+        assert reopened.partitions() == {2}
+    else:
+        assert reopened.persisted_offset(2) is None
+        assert reopened.partitions() == frozenset()

@@ -1,0 +1,54 @@
+"""``memory://``: a store in this process's memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._base import MISSING
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Dicts per partition. Nothing survives the process, so recovery always replays the
+    whole changelog."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        self._data: dict[int, dict[Any, Any]] = {}
+        self._offsets: dict[int, int] = {}
+
+    def get(self, partition: int, key: Any) -> Any:
+        return self._data.get(partition, {}).get(key, MISSING)
+
+    def items(self, partition: int) -> Iterator[tuple[Any, Any]]:
+        return iter(list(self._data.get(partition, {}).items()))
+
+    def count(self, partition: int) -> int:
+        return len(self._data.get(partition, {}))
+
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._data) | frozenset(self._offsets)
+
+    def write_batch(self, partition: int, changes: Mapping[Any, Any], offset: int | None) -> None:
+        data = self._data.setdefault(partition, {})
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        if offset is not None:
+            self._offsets[partition] = offset
+
+    def persisted_offset(self, partition: int) -> int | None:
+        return self._offsets.get(partition)
+
+    def reset_partition(self, partition: int) -> None:
+        self._data.pop(partition, None)
+        self._offsets.pop(partition, None)
+
+    def close(self) -> None:
+        self._data.clear()
+        self._offsets.clear()

@@ -1,0 +1,135 @@
+"""``sqlite://PATH``: one SQLite file per table through sqlitedict, in WAL mode.
+
+Each partition is its own SQLite table (``p<N>``) in the table's file; its last applied
+changelog offset is a row of that same table (key ``"__offset__"``, text, which never
+equals an encoded key, stored as a blob). Data and offset therefore commit in one SQLite
+transaction.
+
+sqlitedict runs each connection on a thread of its own and reports errors only on a
+later call; :meth:`SqliteStore.write_batch` commits with ``blocking=True`` so that an
+error surfaces there, and the batch counts as written only if that commit returned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlitedict import SqliteDict
+
+from .._codecs import Codec
+from ._base import MISSING
+
+__all__ = ["SqliteStore"]
+
+_OFFSET_KEY = "__offset__"
+_PREFIX = "p"
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _to_blob(value: bytes) -> Any:
+    return sqlite3.Binary(value)
+
+
+class SqliteStore:
+    persistent = True
+
+    def __init__(self, path: Path, key_codec: Codec, value_codec: Codec) -> None:
+        self.path = path
+        self._key_codec = key_codec
+        self._value_codec = value_codec
+        self._dicts: dict[int, SqliteDict] = {}
+        existing = SqliteDict.get_tablenames(str(path)) if path.exists() else []
+        self._on_disk = {
+            int(name[len(_PREFIX) :])
+            for name in existing
+            if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()
+        }
+
+    def _dict(self, partition: int) -> SqliteDict:
+        table = self._dicts.get(partition)
+        if table is None:
+            table = SqliteDict(
+                str(self.path),
+                tablename=f"{_PREFIX}{partition}",
+                journal_mode="WAL",
+                autocommit=False,
+                encode=_to_blob,
+                decode=bytes,
+                encode_key=_identity,
+                decode_key=_identity,
+                outer_stack=False,
+            )
+            self._dicts[partition] = table
+            self._on_disk.add(partition)
+        return table
+
+    def get(self, partition: int, key: Any) -> Any:
+        if partition not in self._on_disk:
+            return MISSING
+        try:
+            raw = self._dict(partition)[self._key_codec.encode(key)]
+        except KeyError:
+            return MISSING
+        return self._value_codec.decode(raw)
+
+    def items(self, partition: int) -> Iterator[tuple[Any, Any]]:
+        if partition not in self._on_disk:
+            return
+        decode_key, decode_value = self._key_codec.decode, self._value_codec.decode
+        for key, raw in self._dict(partition).items():
+            if isinstance(key, bytes):
+                yield decode_key(key), decode_value(raw)
+
+    def count(self, partition: int) -> int:
+        if partition not in self._on_disk:
+            return 0
+        return len(self._dict(partition)) - (self.persisted_offset(partition) is not None)
+
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._on_disk)
+
+    def write_batch(self, partition: int, changes: Mapping[Any, Any], offset: int | None) -> None:
+        table = self._dict(partition)
+        encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
+        upserts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+        for key, value in changes.items():
+            if value is None:
+                deletes.append(encode_key(key))
+            else:
+                upserts.append((encode_key(key), encode_value(value)))
+        if offset is not None:
+            upserts.append((_OFFSET_KEY, b"%d" % offset))  # type: ignore[arg-type]
+        if upserts:
+            table.update(upserts)
+        if deletes:
+            table.conn.executemany(
+                f'DELETE FROM "{table.tablename}" WHERE key = ?', [(k,) for k in deletes]
+            )
+        table.commit(blocking=True)
+
+    def persisted_offset(self, partition: int) -> int | None:
+        if partition not in self._on_disk:
+            return None
+        try:
+            return int(self._dict(partition)[_OFFSET_KEY])
+        except KeyError:
+            return None
+
+    def reset_partition(self, partition: int) -> None:
+        if partition not in self._on_disk:
+            return
+        table = self._dict(partition)
+        table.clear()
+        table.commit(blocking=True)
+
+    def close(self) -> None:
+        for table in self._dicts.values():
+            table.close()
+        self._dicts.clear()

@@ -68,6 +68,17 @@ def test_offset_none_keeps_the_recorded_offset(make_store: StoreFactory) -> None
     assert store.get(0, "a") == 2
 
 
+def test_source_offsets_are_recorded_with_the_data(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.persisted_source_offsets(0) == {}
+    store.write_batch(0, {"a": 1}, offset=5, source_offsets={"words": 17, "clicks": 3})
+    store.write_batch(0, {"a": 2}, offset=6)
+    assert store.persisted_source_offsets(0) == {"words": 17, "clicks": 3}
+    assert store.count(0) == 1
+    store.reset_partition(0)
+    assert store.persisted_source_offsets(0) == {}
+
+
 def test_reset_partition_forgets_data_and_offset(make_store: StoreFactory) -> None:
     store = make_store()
     store.write_batch(0, {"a": 1}, offset=7)
@@ -94,11 +105,12 @@ def test_sqlite_unencodable_value_writes_nothing(tmp_path: Path) -> None:
 
 def test_persistent_store_survives_reopen(make_store: StoreFactory) -> None:
     store = make_store()
-    store.write_batch(2, {"k": {"nested": [1, 2]}, "n": 0}, offset=41)
+    store.write_batch(2, {"k": {"nested": [1, 2]}, "n": 0}, offset=41, source_offsets={"w": 9})
     store.close()
     reopened = make_store()
     if store.persistent:
         assert reopened.persisted_offset(2) == 41
+        assert reopened.persisted_source_offsets(2) == {"w": 9}
         assert dict(reopened.items(2)) == {"k": {"nested": [1, 2]}, "n": 0}
         assert reopened.partitions() == {2}
     else:

@@ -47,10 +47,26 @@ class Store(Protocol):
         ...
 
     def write_batch(
-        self, partition: int, changes: Mapping[Any, Any], offset: int | None
+        self,
+        partition: int,
+        changes: Mapping[Any, Any],
+        offset: int | None,
+        *,
+        source_offsets: Mapping[str, int] | None = None,
     ) -> None:
         """Apply ``changes`` (``None`` deletes) and record ``offset`` as the last applied
-        changelog offset, atomically. ``offset=None`` keeps the recorded offset."""
+        changelog offset, atomically. ``offset=None`` keeps the recorded offset.
+
+        ``source_offsets`` (source topic -> offset, for this partition number) records
+        the source offsets that this data is consistent with: the ones about to be
+        committed. On restart, a group commit below them means the worker died between
+        persisting and committing, so the store is ahead of the changelog's committed
+        state and is rebuilt. ``None`` keeps what was recorded.
+        """
+        ...
+
+    def persisted_source_offsets(self, partition: int) -> dict[str, int]:
+        """The ``source_offsets`` recorded with the last write of ``partition``."""
         ...
 
     def persisted_offset(self, partition: int) -> int | None:

@@ -19,6 +19,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[int, dict[Any, Any]] = {}
         self._offsets: dict[int, int] = {}
+        self._sources: dict[int, dict[str, int]] = {}
 
     def get(self, partition: int, key: Any) -> Any:
         return self._data.get(partition, {}).get(key, MISSING)
@@ -32,7 +33,14 @@ class MemoryStore:
     def partitions(self) -> frozenset[int]:
         return frozenset(self._data) | frozenset(self._offsets)
 
-    def write_batch(self, partition: int, changes: Mapping[Any, Any], offset: int | None) -> None:
+    def write_batch(
+        self,
+        partition: int,
+        changes: Mapping[Any, Any],
+        offset: int | None,
+        *,
+        source_offsets: Mapping[str, int] | None = None,
+    ) -> None:
         data = self._data.setdefault(partition, {})
         for key, value in changes.items():
             if value is None:
@@ -41,6 +49,11 @@ class MemoryStore:
                 data[key] = value
         if offset is not None:
             self._offsets[partition] = offset
+        if source_offsets is not None:
+            self._sources[partition] = dict(source_offsets)
+
+    def persisted_source_offsets(self, partition: int) -> dict[str, int]:
+        return dict(self._sources.get(partition, {}))
 
     def persisted_offset(self, partition: int) -> int | None:
         return self._offsets.get(partition)
@@ -48,7 +61,9 @@ class MemoryStore:
     def reset_partition(self, partition: int) -> None:
         self._data.pop(partition, None)
         self._offsets.pop(partition, None)
+        self._sources.pop(partition, None)
 
     def close(self) -> None:
         self._data.clear()
         self._offsets.clear()
+        self._sources.clear()

@@ -1,9 +1,9 @@
 """``sqlite://PATH``: one SQLite file per table through sqlitedict, in WAL mode.
 
 Each partition is its own SQLite table (``p<N>``) in the table's file; its last applied
-changelog offset is a row of that same table (key ``"__offset__"``, text, which never
-equals an encoded key, stored as a blob). Data and offset therefore commit in one SQLite
-transaction.
+changelog offset and the source offsets it is consistent with are rows of that same table
+(text keys ``"__offset__"`` and ``"__source__"``, which never equal an encoded key: those
+are blobs). Data and offsets therefore commit in one SQLite transaction.
 
 sqlitedict runs each connection on a thread of its own and reports errors only on a
 later call; :meth:`SqliteStore.write_batch` commits with ``blocking=True`` so that an
@@ -12,6 +12,7 @@ error surfaces there, and the batch counts as written only if that commit return
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from ._base import MISSING
 __all__ = ["SqliteStore"]
 
 _OFFSET_KEY = "__offset__"
+_SOURCE_KEY = "__source__"
 _PREFIX = "p"
 
 
@@ -89,12 +91,20 @@ class SqliteStore:
     def count(self, partition: int) -> int:
         if partition not in self._on_disk:
             return 0
-        return len(self._dict(partition)) - (self.persisted_offset(partition) is not None)
+        table = self._dict(partition)
+        return len(table) - sum(key in table for key in (_OFFSET_KEY, _SOURCE_KEY))
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._on_disk)
 
-    def write_batch(self, partition: int, changes: Mapping[Any, Any], offset: int | None) -> None:
+    def write_batch(
+        self,
+        partition: int,
+        changes: Mapping[Any, Any],
+        offset: int | None,
+        *,
+        source_offsets: Mapping[str, int] | None = None,
+    ) -> None:
         table = self._dict(partition)
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
         upserts: list[tuple[bytes, bytes]] = []
@@ -106,6 +116,9 @@ class SqliteStore:
                 upserts.append((encode_key(key), encode_value(value)))
         if offset is not None:
             upserts.append((_OFFSET_KEY, b"%d" % offset))  # type: ignore[arg-type]
+        if source_offsets is not None:
+            encoded = json.dumps(dict(source_offsets), sort_keys=True).encode()
+            upserts.append((_SOURCE_KEY, encoded))  # type: ignore[arg-type]
         if upserts:
             table.update(upserts)
         if deletes:
@@ -121,6 +134,15 @@ class SqliteStore:
             return int(self._dict(partition)[_OFFSET_KEY])
         except KeyError:
             return None
+
+    def persisted_source_offsets(self, partition: int) -> dict[str, int]:
+        if partition not in self._on_disk:
+            return {}
+        try:
+            raw = self._dict(partition)[_SOURCE_KEY]
+        except KeyError:
+            return {}
+        return {str(k): int(v) for k, v in json.loads(raw).items()}
 
     def reset_partition(self, partition: int) -> None:
         if partition not in self._on_disk:

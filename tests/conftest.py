@@ -1,0 +1,18 @@
+"""Load the trio_tables pytest plugin (the ``kafka_broker`` and ``unique_name`` fixtures).
+
+Installing trio-tables registers :mod:`trio_tables.testing` through the ``pytest11``
+entry point; this covers runs where entry points are not loaded (a source checkout on
+``PYTHONPATH``, ``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``). Registering the same module twice
+is an error in pytest, hence the check.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import trio_tables.testing
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.is_registered(trio_tables.testing):
+        config.pluginmanager.register(trio_tables.testing, "trio_tables")

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from . import errors
+from ._manager import TableManager
+from ._stream import Event, Stream, current_event
+from ._table import Collection, Table
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 
-__all__ = ["TP", "Record", "RecordMetadata", "errors", "open_transport"]
+__all__ = [
+    "TP",
+    "Collection",
+    "Event",
+    "Record",
+    "RecordMetadata",
+    "Stream",
+    "Table",
+    "TableManager",
+    "current_event",
+    "errors",
+    "open_transport",
+]
 
 __version__ = "0.1.0.dev0"

@@ -12,7 +12,10 @@ __all__ = [
     "CommitFailed",
     "DeliveryFailed",
     "PartitionCountMismatch",
+    "PartitionNotOwned",
     "ProducerFenced",
+    "RecordDecodeError",
+    "TableWriteOutsideStream",
     "TransactionError",
     "TransportClosed",
     "TrioTablesError",
@@ -103,3 +106,43 @@ class ProducerFenced(TransactionError):
 
 class TransportClosed(TrioTablesError):
     """The client was closed (or closed itself after an unrecoverable error)."""
+
+
+class TableWriteOutsideStream(TrioTablesError, RuntimeError):
+    """A table was written with no current event and no explicit partition."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"write to table {table!r} outside of a stream event: trio_tables cannot tell "
+            f"which partition the change belongs to. Write while processing an event, or "
+            f"choose the partition explicitly with `with table.partition(p): ...`, or create "
+            f"the table with use_partitioner=True to partition by key"
+        )
+        self.table = table
+
+
+class PartitionNotOwned(TrioTablesError, RuntimeError):
+    """A table partition was used that this worker does not own (or not yet recovered)."""
+
+    def __init__(self, table: str, partition: int) -> None:
+        super().__init__(
+            f"partition {partition} of table {table!r} is not active on this worker "
+            "(it is owned by another worker, or still recovering): use "
+            "manager.metadata_for_key() to find its owner, or wait_until_recovered()"
+        )
+        self.table = table
+        self.partition = partition
+
+
+class RecordDecodeError(TrioTablesError):
+    """A source record's key or value could not be decoded."""
+
+    def __init__(self, topic: str, partition: int, offset: int, what: str, cause: Exception):
+        super().__init__(
+            f"cannot decode the {what} of {topic}[{partition}] at offset {offset}: {cause}. "
+            "Fix the producer or the stream's key_type/value_type/serializers; to skip such "
+            "records instead, open the stream with on_decode_error='skip'"
+        )
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset

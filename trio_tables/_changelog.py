@@ -1,0 +1,139 @@
+"""Changelog records: encoding, the source-offset header, and per-key coalescing.
+
+Every changelog record carries, in the header ``trio-tables-source``, the source
+topic-partition-offset of the event that caused it (``topic:partition:offset``; Kafka
+topic names cannot contain ``:``). Recovery skips records whose event lies at or past the
+group's committed offset of that source partition: the event will be processed again, so
+applying its effect now would count it twice (SPEC.md section 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._codecs import Codec
+from ._transport._base import TP, OutgoingRecord, Record
+
+__all__ = [
+    "SOURCE_HEADER",
+    "ChangelogBuffer",
+    "ChangelogWrite",
+    "SourceOffset",
+    "changelog_topic_name",
+    "decode_source",
+    "encode_source",
+]
+
+SOURCE_HEADER = "trio-tables-source"
+
+
+def changelog_topic_name(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+@attrs.frozen
+class SourceOffset:
+    """The source record whose processing caused a table change."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def encode_source(source: SourceOffset) -> bytes:
+    return f"{source.topic}:{source.partition}:{source.offset}".encode()
+
+
+def decode_source(headers: Iterable[tuple[str, bytes]]) -> SourceOffset | None:
+    """The source offset in ``headers`` (``None``: the write came from outside a stream)."""
+    for name, value in headers:
+        if name == SOURCE_HEADER:
+            topic, partition, offset = value.decode().rsplit(":", 2)
+            return SourceOffset(topic, int(partition), int(offset))
+    return None
+
+
+def caused_by_uncommitted_event(record: Record, committed: Mapping[TP, int | None]) -> bool:
+    """Whether ``record`` was written for an event that will be processed again.
+
+    ``committed`` maps the source partitions this worker consumes to the group's
+    committed offset (``None``: never committed, so every event of it comes again). A
+    record without a source header, or caused by a partition not in ``committed``, is
+    applied.
+    """
+    source = decode_source(record.headers)
+    if source is None:
+        return False
+    tp = TP(source.topic, source.partition)
+    if tp not in committed:
+        return False
+    position = committed[tp]
+    return position is None or source.offset >= position
+
+
+@attrs.frozen
+class ChangelogWrite:
+    """One pending table change: the new value (``None``: delete) and its cause."""
+
+    value: Any
+    source: SourceOffset | None
+
+
+class ChangelogBuffer:
+    """Table changes of one changelog partition not yet sent.
+
+    With ``coalesce`` (the default) a key written several times between two flushes
+    produces one record with the last value and the last cause, like Kafka Streams'
+    record cache: fewer records, same recovered state. Without it, every write is kept.
+    """
+
+    __slots__ = ("_coalesced", "_sequence", "coalesce")
+
+    def __init__(self, *, coalesce: bool) -> None:
+        self.coalesce = coalesce
+        self._coalesced: dict[Any, ChangelogWrite] = {}
+        self._sequence: list[tuple[Any, ChangelogWrite]] = []
+
+    def __len__(self) -> int:
+        return len(self._coalesced) if self.coalesce else len(self._sequence)
+
+    def add(self, key: Any, write: ChangelogWrite) -> None:
+        if self.coalesce:
+            self._coalesced.pop(key, None)  # keep the order of last writes
+            self._coalesced[key] = write
+        else:
+            self._sequence.append((key, write))
+
+    def drain(self) -> list[tuple[Any, ChangelogWrite]]:
+        if self.coalesce:
+            drained = list(self._coalesced.items())
+            self._coalesced = {}
+        else:
+            drained, self._sequence = self._sequence, []
+        return drained
+
+
+def to_records(
+    topic: str,
+    partition: int,
+    writes: Iterable[tuple[Any, ChangelogWrite]],
+    key_codec: Codec,
+    value_codec: Codec,
+) -> list[OutgoingRecord]:
+    """Encode table changes as changelog records for ``topic[partition]``."""
+    records = []
+    for key, write in writes:
+        headers = () if write.source is None else ((SOURCE_HEADER, encode_source(write.source)),)
+        records.append(
+            OutgoingRecord(
+                topic,
+                None if write.value is None else value_codec.encode(write.value),
+                key_codec.encode(key),
+                partition,
+                headers,
+            )
+        )
+    return records

@@ -1,0 +1,688 @@
+"""``TableManager``: the root nursery of an application's tables.
+
+Task tree (one nursery, owned by the ``async with TableManager(...)`` block)::
+
+    manager nursery
+    ├── group consumer task   polls source topics, feeds streams, pauses full partitions,
+    │                         runs commit requests between polls
+    ├── recovery supervisor   one task per assignment: restore every table, then release
+    │                         the partitions to the streams
+    ├── committer             every commit_interval: commit cycle, then commit offsets
+    └── per table: run_table  the table's nursery (recovery task with a restore consumer)
+
+A *commit cycle* pauses the streams between two events (so no event is half applied),
+takes the changed keys of every table and the processed source offsets, lets the streams
+go on, sends the changes to the changelog, waits for the acknowledgements, writes them
+to the stores with the changelog offsets and the source offsets, and finally commits the
+source offsets (at least once: an offset is committed only after the effects of every
+event before it are acknowledged and persisted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal
+
+import trio
+
+from ._codecs import JsonCodec, RawCodec, resolve_codec
+from ._rebalance import Assignment, RebalanceSupervisor
+from ._recovery import run_table
+from ._stream import DecodeErrorPolicy, Stream, current_event
+from ._table import Collection, RecoveryRequest, Table
+from ._transport import open_transport
+from ._transport._base import TP, Delivery, GroupConsumer, Producer, RebalanceProtocol, Transport
+from .errors import PartitionCountMismatch
+
+__all__ = ["TableManager"]
+
+logger = logging.getLogger("trio_tables.manager")
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+
+
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one non-cancellation error inside ``group``, if there is exactly one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+class TableManager:
+    """Owns an application's tables, its consumer group membership and its commits.
+
+    ``async with TableManager(app_id, broker=..., store=...) as manager:`` connects,
+    starts the manager's nursery and returns the manager. Leaving the block normally
+    leaves the group after a last commit (the revocation flushes the changelog, persists
+    the stores and commits the offsets), then closes everything. An exception in the
+    block (or in a task of the manager) cancels all work without committing; state stays
+    consistent (stores record which source offsets their data belongs to). Internal
+    exception groups are unwrapped when they hold a single error.
+
+    Cancellation of the ``async with`` block behaves like an exception: nothing more is
+    committed, and events processed since the last commit are processed again by the next
+    owner of their partitions.
+    """
+
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        broker: str = "memory://",
+        store: str = "memory://",
+        processing_guarantee: ProcessingGuarantee = "at_least_once",
+        standby_replicas: int = 0,
+        commit_interval: float = 1.0,
+        coalesce_changelog: bool = True,
+        rebalance_protocol: RebalanceProtocol = "eager",
+        changelog_replication_factor: int = 1,
+        stream_buffer_size: int = 10_000,
+        revoke_timeout: float = 60.0,
+        shutdown_timeout: float = 60.0,
+        poll_timeout: float = 0.1,
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if processing_guarantee not in ("at_least_once", "exactly_once"):
+            raise ValueError(
+                f"processing_guarantee must be 'at_least_once' or 'exactly_once', "
+                f"not {processing_guarantee!r}"
+            )
+        if processing_guarantee == "exactly_once":
+            raise NotImplementedError(
+                "processing_guarantee='exactly_once' is not implemented yet (tracked as the "
+                "exactly-once issue); use 'at_least_once', whose tables are exact after "
+                "crashes too (only outputs of manager.send() may repeat)"
+            )
+        self.app_id = app_id
+        self.broker_url = broker
+        self.store_url = store
+        self.processing_guarantee = processing_guarantee
+        self.standby_replicas = standby_replicas
+        self.commit_interval = commit_interval
+        self.coalesce_changelog = coalesce_changelog
+        self.rebalance_protocol: RebalanceProtocol = rebalance_protocol
+        self.changelog_replication_factor = changelog_replication_factor
+        self.stream_buffer_size = stream_buffer_size
+        self.revoke_timeout = revoke_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.poll_timeout = poll_timeout
+        self.transport_options = dict(transport_options or {})
+        self.logger = logger
+
+        self.tables: dict[str, Collection] = {}
+        self._table_channels: dict[str, trio.MemorySendChannel[RecoveryRequest]] = {}
+        self._table_started: dict[str, trio.Event] = {}
+        self._changelogs_ready: set[str] = set()
+        self._streams: dict[str, Stream] = {}
+        self._partition_count: int | None = None
+
+        self._processed: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
+        self._ready: set[int] = set()
+        self._hold: trio.Event | None = None
+        self._commit_lock = trio.Lock()
+        self._commit_requests: list[tuple[dict[TP, int], trio.Event]] = []
+        self._persisted_sources: dict[int, dict[str, int]] = {}
+        self._to_pause: set[TP] = set()
+        self._to_resume: set[TP] = set()
+        self._recovery_event = trio.Event()
+        self._failing = False
+
+        self._supervisor = RebalanceSupervisor(self)
+        self._assignments_send, self._assignments_receive = trio.open_memory_channel[
+            Assignment
+        ](math.inf)
+        self._stack: AsyncExitStack | None = None
+        self._transport: Transport | None = None
+        self._producer: Producer | None = None
+        self._nursery: trio.Nursery | None = None
+        self._consumer: GroupConsumer | None = None
+        self._group_topics: frozenset[str] = frozenset()
+        self._group_stop = trio.Event()
+        self._group_done: trio.Event | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> TableManager:
+        stack = AsyncExitStack()
+        try:
+            self._transport = await stack.enter_async_context(
+                open_transport(self.broker_url, **self.transport_options)
+            )
+            self._producer = await stack.enter_async_context(self._transport.open_producer())
+            stack.callback(self._close_tables)
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._nursery.start_soon(self._committer)
+        self._nursery.start_soon(self._recovery_supervisor)
+        for table in self.tables.values():
+            self._nursery.start_soon(self._start_table, table)
+        await self.on_start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._stack is not None
+        assert self._nursery is not None
+        try:
+            if exc is None:
+                with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
+                    await self._stop_group()
+                    await self.on_stop()
+            else:
+                self._failing = True
+            self._nursery.cancel_scope.cancel()
+        except BaseException as shutdown_error:
+            self._failing = True
+            self._nursery.cancel_scope.cancel()
+            exc_type, exc, tb = type(shutdown_error), shutdown_error, shutdown_error.__traceback__
+        try:
+            suppressed = await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            single = _single_error(group)
+            if single is not None:
+                raise single from group
+            raise
+        if exc is not None and not suppressed:
+            raise exc
+        return bool(suppressed)
+
+    def _close_tables(self) -> None:
+        for table in self.tables.values():
+            table.close()
+
+    async def on_start(self) -> None:
+        """Hook: called when the manager has started (override in a subclass)."""
+
+    async def on_stop(self) -> None:
+        """Hook: called before the manager stops (after the group was left)."""
+
+    # -- tables -------------------------------------------------------------------------
+    def Table(self, name: str, **kwargs: Any) -> Table:
+        """Create and register a :class:`Table` (see SPEC.md section 1 for keywords)."""
+        table = Table(self, name, **kwargs)
+        self.add(table)
+        return table
+
+    def add(self, table: Collection) -> Collection:
+        """Register ``table``. While the manager runs, the table starts at once and is
+        recovered for the partitions this worker owns, without a group rebalance."""
+        if table.name in self.tables:
+            raise ValueError(f"a table named {table.name!r} already exists")
+        self.tables[table.name] = table
+        self._table_started[table.name] = trio.Event()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._start_table, table)
+        return table
+
+    async def _start_table(self, table: Collection) -> None:
+        assert self._nursery is not None
+        assert self._transport is not None
+        channel = await self._nursery.start(run_table, table, self._transport)
+        self._table_channels[table.name] = channel
+        if self._partition_count is not None:
+            await self._ensure_changelog(table)
+        self._table_started[table.name].set()
+        if self._ready:
+            await self._recover_new_table(table)
+
+    async def _recover_new_table(self, table: Collection) -> None:
+        """Recover a table added while partitions are being processed: those partitions
+        pause (between events) until the new table has them."""
+        assert self._consumer is not None
+        partitions = frozenset(self._ready)
+        tps = frozenset(tp for tp in self._supervisor.assigned if tp.partition in partitions)
+        for stream in self._streams.values():
+            for partition in partitions:
+                stream.unready(partition)
+        async with self._quiesced():
+            pass  # no event of these partitions is in process any more
+        committed = await self._consumer.committed(tps)
+        request = RecoveryRequest(partitions, committed)
+        await self._table_channels[table.name].send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        still_ready = partitions & self._ready
+        if request.completed:
+            table.activate(still_ready)
+            await table.on_recovery_completed(still_ready)
+        for stream in self._streams.values():
+            for tp in tps:
+                if tp.topic == stream.topic and tp.partition in still_ready:
+                    stream.set_ready(tp.partition)
+        self._recovery_changed()
+
+    async def _ensure_changelog(self, table: Collection) -> None:
+        assert self._transport is not None
+        assert self._partition_count is not None
+        if table.name in self._changelogs_ready:
+            return
+        count = self._partition_count
+        if table.partitions is not None and table.partitions != count:
+            raise PartitionCountMismatch(
+                table.changelog_topic_name,
+                expected=count,
+                actual=table.partitions,
+                reason=f"table {table.name!r} declares partitions={table.partitions} but the "
+                f"source topics have {count}; tables are co-partitioned with their source",
+            )
+        configs = {"cleanup.policy": "compact", **table.extra_topic_configs}
+        await self._transport.create_topic(
+            table.changelog_topic_name,
+            count,
+            replication_factor=self.changelog_replication_factor,
+            configs=configs,
+        )
+        table.partitions = count
+        self._changelogs_ready.add(table.name)
+
+    async def wait_until_tables_registered(self) -> None:
+        """Wait until every registered table's nursery has started."""
+        for event in list(self._table_started.values()):
+            await event.wait()
+
+    async def _table_entered(self, table: Collection) -> None:
+        await self._table_started[table.name].wait()
+        await self.wait_until_recovered()
+
+    # -- streams ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def stream(
+        self,
+        topic: str,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+        on_decode_error: DecodeErrorPolicy = "raise",
+        buffer_size: int | None = None,
+    ) -> AsyncIterator[Stream]:
+        """Consume ``topic`` as part of the app's consumer group for the block.
+
+        Checks that the topic exists and is co-partitioned with the other source topics
+        and the tables' changelogs (typed errors otherwise, before anything is
+        processed), joins the group (or re-joins with the new topic added) and yields the
+        :class:`Stream`. Leaving the block stops the iteration; the event in progress
+        counts as processed.
+        """
+        assert self._transport is not None, "use the stream inside `async with manager`"
+        if topic in self._streams:
+            raise ValueError(f"topic {topic!r} already has a stream in this manager")
+        description = await self._transport.describe_topic(topic)
+        if self._partition_count is None:
+            self._partition_count = description.partitions
+        elif description.partitions != self._partition_count:
+            raise PartitionCountMismatch(
+                topic,
+                expected=self._partition_count,
+                actual=description.partitions,
+                reason="all source topics of an app must have the same partition count",
+            )
+        for table in self.tables.values():
+            await self._ensure_changelog(table)
+        stream = Stream(
+            self,
+            topic,
+            key_codec=resolve_codec(key_serializer, key_type, default="raw"),
+            value_codec=resolve_codec(value_serializer, value_type, default="json"),
+            on_decode_error=on_decode_error,
+            buffer_size=buffer_size or self.stream_buffer_size,
+        )
+        self._streams[topic] = stream
+        try:
+            await self._subscribe(self._group_topics | {topic})
+            yield stream
+        finally:
+            stream.close()
+
+    def _event_processed(self, tp: TP, offset: int) -> None:
+        self._processed[tp] = offset + 1
+
+    def _stream_has_room(self, topic: str, partition: int) -> None:
+        self._to_resume.add(TP(topic, partition))
+
+    async def _wait_for_hold(self) -> None:
+        while self._hold is not None:
+            await self._hold.wait()
+
+    @asynccontextmanager
+    async def _quiesced(self) -> AsyncIterator[None]:
+        """Streams stop between two events for the block."""
+        hold = trio.Event()
+        self._hold = hold
+        try:
+            with trio.move_on_after(self.revoke_timeout) as waited:
+                for stream in list(self._streams.values()):
+                    await stream.wait_idle()
+            if waited.cancelled_caught:
+                logger.warning(
+                    "%s: an event took more than %ss to process; committing without waiting",
+                    self.app_id, self.revoke_timeout,
+                )
+            yield
+        finally:
+            self._hold = None
+            hold.set()
+
+    # -- output ---------------------------------------------------------------------------
+    async def send(
+        self,
+        topic: str,
+        key: Any,
+        value: Any,
+        *,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+    ) -> Delivery:
+        """Produce an output record; returns its :class:`Delivery` (await
+        ``delivery.wait()`` for the acknowledgement). Keys that are ``bytes``/``str`` are
+        sent raw, other keys and all non-bytes values as JSON. The next commit waits for
+        its acknowledgement. Cancelled while waiting for room: nothing was sent."""
+        assert self._producer is not None, "use send() inside `async with manager`"
+        key_bytes = None if key is None else (
+            RawCodec().encode(key) if isinstance(key, (bytes, str)) else JsonCodec().encode(key)
+        )
+        value_bytes = value if isinstance(value, bytes) or value is None else JsonCodec().encode(
+            value
+        )
+        return await self._producer.send(
+            topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+        )
+
+    # -- group membership ------------------------------------------------------------------
+    async def _subscribe(self, topics: frozenset[str]) -> None:
+        """(Re-)join the group for ``topics``."""
+        assert self._nursery is not None
+        if topics == self._group_topics and self._group_done is not None:
+            return
+        await self._stop_group()
+        self._group_topics = topics
+        self._group_stop = trio.Event()
+        self._group_done = trio.Event()
+        await self._nursery.start(self._group_task, topics, self._group_done)
+
+    async def _stop_group(self) -> None:
+        if self._group_done is not None:
+            self._group_stop.set()
+            await self._group_done.wait()
+
+    async def _group_task(
+        self,
+        topics: frozenset[str],
+        done: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self._transport is not None
+        try:
+            async with self._transport.open_group_consumer(
+                self.app_id,
+                sorted(topics),
+                listener=self._supervisor,
+                rebalance_protocol=self.rebalance_protocol,
+            ) as consumer:
+                self._consumer = consumer
+                task_status.started()
+                while not self._group_stop.is_set():
+                    await self._serve_commit_requests(consumer)
+                    await self._flow_control(consumer)
+                    batch = await consumer.poll(timeout=self.poll_timeout)
+                    for tp, records in batch.items():
+                        stream = self._streams.get(tp.topic)
+                        if stream is None or stream.closed or not records:
+                            continue
+                        stream.feed(tp.partition, list(records))
+                        if stream.buffered(tp.partition) >= stream.buffer_size:
+                            self._to_pause.add(tp)
+                # Leaving the block revokes everything through the supervisor, which
+                # commits (unless the manager is failing) before the group is left.
+        finally:
+            self._consumer = None
+            for _, event in self._commit_requests:
+                event.set()
+            self._commit_requests.clear()
+            done.set()
+
+    async def _flow_control(self, consumer: GroupConsumer) -> None:
+        assigned = consumer.assignment()
+        if self._to_pause:
+            pause = (self._to_pause & assigned) - consumer.paused()
+            self._to_pause.clear()
+            if pause:
+                await consumer.pause(pause)
+        if self._to_resume:
+            resume = self._to_resume & consumer.paused()
+            self._to_resume.clear()
+            if resume:
+                await consumer.resume(resume)
+
+    async def _serve_commit_requests(self, consumer: GroupConsumer) -> None:
+        while self._commit_requests:
+            offsets, done = self._commit_requests.pop(0)
+            try:
+                await self._commit_filtered(consumer, offsets)
+            finally:
+                done.set()
+
+    async def _commit_filtered(self, consumer: GroupConsumer, offsets: Mapping[TP, int]) -> None:
+        assigned = consumer.assignment()
+        wanted = {
+            tp: offset
+            for tp, offset in offsets.items()
+            if tp in assigned and offset > self._committed.get(tp, -1)
+        }
+        if not wanted:
+            return
+        from .errors import CommitFailed
+
+        try:
+            await consumer.commit(wanted)
+        except CommitFailed as exc:
+            logger.warning("%s: %s", self.app_id, exc)
+            return
+        self._committed.update(wanted)
+
+    # -- commits ---------------------------------------------------------------------------
+    async def _committer(self) -> None:
+        deadline = trio.current_time()
+        while True:
+            deadline += self.commit_interval
+            await trio.sleep_until(deadline)
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Run a commit cycle now and commit the source offsets.
+
+        Must not be called while processing an event (it waits for events in progress
+        to finish). Cancellation: a cycle interrupted after the changelog was sent leaves
+        the changes to the next cycle; nothing is committed that was not persisted.
+        """
+        if current_event.get() is not None:
+            raise RuntimeError(
+                "manager.commit() was called while processing an event; commits happen "
+                "between events (every commit_interval, and on rebalance and shutdown)"
+            )
+        if self._consumer is None:
+            async with self._commit_lock:
+                await self._commit_cycle(frozenset())
+            return
+        async with self._commit_lock:
+            offsets = await self._commit_cycle(frozenset())
+        await self.on_commit(offsets)
+        if offsets and self._consumer is not None:
+            done = trio.Event()
+            self._commit_requests.append((offsets, done))
+            await done.wait()
+
+    async def on_commit(self, offsets: Mapping[TP, int]) -> None:
+        """Hook: called with the offsets about to be committed (already persisted)."""
+
+    async def _commit_cycle(self, releasing: frozenset[int]) -> dict[TP, int]:
+        assert self._producer is not None
+        included = self._ready | releasing
+        async with self._quiesced():
+            snapshot = {tp: o for tp, o in self._processed.items() if tp.partition in included}
+            taken = [(table, table.take_changes()[0]) for table in self.tables.values()]
+        records = [record for _, table_records in taken for record in table_records]
+        deliveries = await self._producer.send_batch(records) if records else []
+        await self._producer.flush()
+        last_offsets: dict[str, dict[int, int]] = {}
+        position = 0
+        for table, table_records in taken:
+            offsets = last_offsets.setdefault(table.name, {})
+            for delivery in deliveries[position : position + len(table_records)]:
+                metadata = delivery.result()
+                if metadata.offset > offsets.get(metadata.partition, -1):
+                    offsets[metadata.partition] = metadata.offset
+            position += len(table_records)
+        sources: dict[int, dict[str, int]] = {}
+        for tp, offset in snapshot.items():
+            sources.setdefault(tp.partition, {})[tp.topic] = offset
+        changed_sources = {
+            p: s for p, s in sources.items() if self._persisted_sources.get(p) != s
+        }
+        for table in self.tables.values():
+            args = (last_offsets.get(table.name, {}), changed_sources)
+            if table.data.persistent:
+                await trio.to_thread.run_sync(table.persist, *args)
+            else:
+                table.persist(*args)
+        self._persisted_sources.update(changed_sources)
+        return snapshot
+
+    # -- rebalances (called by the supervisor) ----------------------------------------------
+    async def _release(self, partitions: frozenset[int], *, commit: bool) -> dict[TP, int] | None:
+        for stream in self._streams.values():
+            for partition in partitions:
+                stream.unready(partition)
+        releasing = frozenset(partitions & self._ready)
+        self._ready -= partitions
+        offsets: dict[TP, int] | None = None
+        try:
+            if commit and not self._failing:
+                async with self._commit_lock:
+                    snapshot = await self._commit_cycle(releasing)
+                offsets = {
+                    tp: offset
+                    for tp, offset in snapshot.items()
+                    if tp in self._supervisor.assigned and offset > self._committed.get(tp, -1)
+                }
+                self._committed.update(offsets)
+            else:
+                async with self._quiesced():
+                    pass
+                for table in self.tables.values():
+                    table.discard_uncommitted(partitions)
+        finally:
+            for table in self.tables.values():
+                table.deactivate(partitions)
+            for stream in self._streams.values():
+                for partition in partitions:
+                    stream.drop(partition)
+            for tp in [tp for tp in self._processed if tp.partition in partitions]:
+                del self._processed[tp]
+            for tp in [tp for tp in self._committed if tp.partition in partitions]:
+                del self._committed[tp]
+            for partition in partitions:
+                self._persisted_sources.pop(partition, None)
+        return offsets
+
+    async def _recovery_supervisor(self) -> None:
+        assert self._nursery is not None
+        async for assignment in self._assignments_receive:
+            self._nursery.start_soon(self._recover_assignment, assignment)
+
+    async def _recover_assignment(self, assignment: Assignment) -> None:
+        try:
+            with assignment.scope:
+                await self.wait_until_tables_registered()
+                consumer = self._consumer
+                if consumer is None:
+                    return
+                committed = await consumer.committed(assignment.tps)
+                for tp, offset in committed.items():
+                    if offset is not None:
+                        self._committed[tp] = offset
+                partitions = assignment.partitions
+                for name in list(self.tables):
+                    request = RecoveryRequest(partitions, committed)
+                    assignment.requests.append(request)
+                    await self._table_channels[name].send(request)
+                for request in assignment.requests:
+                    await request.done.wait()
+                for request in assignment.requests:
+                    if request.error is not None:
+                        raise request.error
+                if not all(request.completed for request in assignment.requests):
+                    return
+                self._activate(partitions, assignment.tps)
+                for table in self.tables.values():
+                    await table.on_recovery_completed(partitions)
+        finally:
+            self._supervisor.assignment_done(assignment)
+            self._recovery_changed()
+
+    def _activate(self, partitions: frozenset[int], tps: frozenset[TP]) -> None:
+        for table in self.tables.values():
+            table.activate(partitions)
+        self._ready |= partitions
+        for tp in tps:
+            stream = self._streams.get(tp.topic)
+            if stream is not None:
+                stream.set_ready(tp.partition)
+        logger.info("%s: partitions %s recovered and active", self.app_id, sorted(partitions))
+
+    def _recovery_changed(self) -> None:
+        self._recovery_event.set()
+        self._recovery_event = trio.Event()
+
+    def _fully_recovered(self) -> bool:
+        if not self._supervisor.assignment_seen.is_set():
+            return False
+        assigned = {tp.partition for tp in self._supervisor.assigned}
+        return not self._supervisor.pending and assigned <= self._ready
+
+    async def wait_until_recovered(self) -> None:
+        """Wait until this worker has its first assignment and every assigned partition is
+        recovered by every table (returns at once when no stream was opened)."""
+        while not (self._group_done is None or self._fully_recovered()):
+            await self._recovery_event.wait()
+
+    async def wait_until_recovery_completed(self) -> None:
+        """Faust's name for :meth:`wait_until_recovered`."""
+        await self.wait_until_recovered()
+
+    def recovery_progress(self) -> dict[str, dict[int, tuple[int, int]]]:
+        """Per table and partition: ``(position, target)`` of the current or last
+        restore."""
+        return {name: dict(table.recovery_progress) for name, table in self.tables.items()}
+
+    @property
+    def assignment(self) -> frozenset[TP]:
+        """Source partitions assigned to this worker."""
+        return self._supervisor.assigned
+
+    @property
+    def active_partitions(self) -> frozenset[int]:
+        """Partition numbers recovered and being processed here."""
+        return frozenset(self._ready)

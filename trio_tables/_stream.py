@@ -1,0 +1,213 @@
+"""Source streams: :class:`Event`, the current-event context, and :class:`Stream`.
+
+The manager's group-consumer task routes fetched records into each stream's
+per-partition buffers. A stream yields records only of partitions that are *ready*
+(assigned and recovered by every table); records of other partitions wait, and are
+dropped if their partition is revoked. An event is *processed* when the iteration asks
+for the next one (or the stream closes): only then does its offset count for commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from ._codecs import Codec, CodecError
+from ._transport._base import TP, Headers, Record
+from .errors import RecordDecodeError
+
+if TYPE_CHECKING:
+    from ._manager import TableManager
+
+__all__ = ["Event", "Stream", "current_event"]
+
+logger = logging.getLogger("trio_tables.stream")
+
+DecodeErrorPolicy = Literal["raise", "skip"]
+
+
+@attrs.frozen
+class Event:
+    """One source record, decoded. ``timestamp`` is in milliseconds since the epoch."""
+
+    key: Any
+    value: Any
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    headers: Headers = ()
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+current_event: ContextVar[Event | None] = ContextVar("trio_tables_current_event", default=None)
+"""The event being processed in this task (``None`` outside of a stream)."""
+
+# How many records of one partition a stream yields before it looks at the next
+# partition: fairness between partitions at low cost per event.
+_BURST = 256
+
+
+class Stream:
+    """An async iterator over the :class:`Event` s of one source topic.
+
+    Created by :meth:`TableManager.stream`; iterate it with ``async for``.
+    Cancellation: cancelling a task blocked in ``__anext__`` loses nothing; the previous
+    event still counts as processed.
+    """
+
+    def __init__(
+        self,
+        manager: TableManager,
+        topic: str,
+        *,
+        key_codec: Codec,
+        value_codec: Codec,
+        on_decode_error: DecodeErrorPolicy,
+        buffer_size: int,
+    ) -> None:
+        self.topic = topic
+        self._manager = manager
+        self._key_decode: Callable[[bytes], Any] = key_codec.decode
+        self._value_decode: Callable[[bytes], Any] = value_codec.decode
+        self._on_decode_error = on_decode_error
+        self.buffer_size = buffer_size
+        self._buffers: dict[int, deque[Record]] = {}
+        self._ready: set[int] = set()
+        self._order: deque[int] = deque()
+        self._burst = 0
+        self._changed = trio.Event()
+        self._current: Event | None = None
+        self._current_done = trio.Event()
+        self.skipped = 0
+        self.closed = False
+
+    # -- fed by the manager --------------------------------------------------------
+    def buffered(self, partition: int) -> int:
+        buffer = self._buffers.get(partition)
+        return len(buffer) if buffer else 0
+
+    def feed(self, partition: int, records: list[Record]) -> None:
+        buffer = self._buffers.get(partition)
+        if buffer is None:
+            buffer = self._buffers[partition] = deque()
+        buffer.extend(records)
+        if partition in self._ready:
+            self._changed.set()
+
+    def set_ready(self, partition: int) -> None:
+        if partition not in self._ready:
+            self._ready.add(partition)
+            self._order.append(partition)
+            self._changed.set()
+
+    def unready(self, partition: int) -> None:
+        """Stop yielding ``partition`` (its buffered records stay until dropped)."""
+        self._ready.discard(partition)
+        if partition in self._order:
+            self._order.remove(partition)
+
+    def drop(self, partition: int) -> None:
+        """Forget a revoked partition and what was buffered for it."""
+        self._ready.discard(partition)
+        self._buffers.pop(partition, None)
+        if partition in self._order:
+            self._order.remove(partition)
+
+    def in_process(self, partition: int) -> bool:
+        return self._current is not None and self._current.partition == partition
+
+    async def wait_idle(self) -> None:
+        """Wait until no event of this stream is being processed."""
+        while self._current is not None:
+            await self._current_done.wait()
+
+    # -- iteration --------------------------------------------------------------------
+    def _finish_current(self) -> None:
+        event = self._current
+        if event is not None:
+            self._current = None
+            current_event.set(None)
+            self._manager._event_processed(event.tp, event.offset)
+            self._current_done.set()
+            self._current_done = trio.Event()
+
+    def _next_record(self) -> Record | None:
+        order = self._order
+        if not order:
+            return None
+        for _ in range(len(order) + 1):
+            partition = order[0]
+            buffer = self._buffers.get(partition)
+            if buffer and self._burst < _BURST:
+                self._burst += 1
+                record = buffer.popleft()
+                if len(buffer) == self.buffer_size // 2:
+                    self._manager._stream_has_room(self.topic, partition)
+                return record
+            self._burst = 0
+            order.rotate(-1)
+        return None
+
+    def _decode(self, record: Record) -> Event | None:
+        try:
+            key = None if record.key is None else self._key_decode(record.key)
+        except CodecError as exc:
+            self._decode_failed(record, "key", exc)
+            return None
+        try:
+            value = None if record.value is None else self._value_decode(record.value)
+        except CodecError as exc:
+            self._decode_failed(record, "value", exc)
+            return None
+        return Event(
+            key, value, record.topic, record.partition, record.offset, record.timestamp,
+            record.headers,
+        )
+
+    def _decode_failed(self, record: Record, what: str, exc: CodecError) -> None:
+        error = RecordDecodeError(record.topic, record.partition, record.offset, what, exc)
+        if self._on_decode_error == "raise":
+            raise error
+        self.skipped += 1
+        logger.warning("skipped undecodable record (%d so far): %s", self.skipped, error)
+        self._manager._event_processed(record.tp, record.offset)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Event:
+        self._finish_current()
+        while True:
+            if self.closed:
+                raise StopAsyncIteration
+            if self._manager._hold is not None:
+                await self._manager._wait_for_hold()
+                continue
+            record = self._next_record()
+            if record is None:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                continue
+            event = self._decode(record)
+            if event is None:
+                continue
+            self._current = event
+            current_event.set(event)
+            return event
+
+    def close(self) -> None:
+        """Stop iterating; the event in progress (if any) counts as processed."""
+        self._finish_current()
+        self.closed = True
+        self._changed.set()
+

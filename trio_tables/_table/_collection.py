@@ -1,0 +1,531 @@
+"""The part every table shares: partitions, the write-behind layers, the changelog
+buffers, and restoring from the changelog.
+
+Data of a partition lives in three layers, newest first:
+
+* ``overlay``: changes since the last commit cycle began;
+* ``persisting``: changes of the cycle in progress (sent to the changelog, being
+  written to the store once the broker acknowledged them);
+* the store.
+
+A commit cycle (run by the manager) takes the changelog buffers and the overlay at once,
+sends the records, waits for the acknowledgements and writes the layer to the store with
+the offset of the last acknowledged record, in one store transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from kafka.partitioner.default import murmur2
+
+from .._changelog import (
+    ChangelogBuffer,
+    ChangelogWrite,
+    SourceOffset,
+    caused_by_uncommitted_event,
+    changelog_topic_name,
+    to_records,
+)
+from .._codecs import Codec, resolve_codec
+from .._store import Store, open_store
+from .._store._base import MISSING
+from .._stream import current_event
+from .._transport._base import TP, OutgoingRecord, Record, RestoreConsumer
+from ..errors import PartitionNotOwned, TableWriteOutsideStream
+from ._callbacks import call_callback
+
+if TYPE_CHECKING:
+    from .._manager import TableManager
+
+__all__ = ["TOMBSTONE", "Collection", "RecoveryRequest"]
+
+logger = logging.getLogger("trio_tables.table")
+
+TOMBSTONE: Any = attrs.make_class("Tombstone", [], frozen=True)()
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
+
+
+def _detached(value: Any) -> Any:
+    """A value the caller may mutate without changing the table."""
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if attrs.has(type(value)) and getattr(type(value), "__attrs_frozen__", False):
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, _IMMUTABLE) for v in value):
+        return value
+    return copy.deepcopy(value)
+
+
+@attrs.define(eq=False)
+class RecoveryRequest:
+    """"Restore these partitions" for one assignment, sent to a table's recovery task.
+
+    ``scope`` is cancelled by the manager when a partition of it is revoked first;
+    ``done`` is set when the task is finished with the request (recovered, cancelled or
+    failed: ``completed`` and ``error`` tell which).
+    """
+
+    partitions: frozenset[int]
+    committed: Mapping[TP, int | None]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    completed: bool = False
+    error: BaseException | None = None
+
+
+class Collection:
+    """Base of every table: a named, partitioned, changelog-backed collection."""
+
+    is_global = False
+    window: Any = None
+
+    def __init__(
+        self,
+        manager: TableManager,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        store: str | None = None,
+        changelog_topic: str | None = None,
+        help: str = "",
+        on_recover: Callable[..., Any] | None = None,
+        on_changelog_event: Callable[..., Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, str] | None = None,
+        use_partitioner: bool = False,
+        on_window_close: Callable[..., Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> None:
+        self.manager = manager
+        self.app = manager
+        self.name = name
+        self.default = default
+        self.key_type = key_type
+        self.value_type = value_type
+        self.schema = None
+        self.partitions = partitions
+        self.help = help
+        self.recovery_buffer_size = recovery_buffer_size
+        self.standby_buffer_size = standby_buffer_size or recovery_buffer_size
+        self.extra_topic_configs = dict(extra_topic_configs or {})
+        self.use_partitioner = use_partitioner
+        self.options = dict(options or {})
+        self.last_closed_window = 0.0
+        self._on_window_close = on_window_close
+        self._changelog_topic_name = changelog_topic or changelog_topic_name(
+            manager.app_id, name
+        )
+        self.key_codec: Codec = resolve_codec(key_serializer, key_type, default="json")
+        self.value_codec: Codec = resolve_codec(value_serializer, value_type, default="json")
+        self.store_url = store or manager.store_url
+        self.data: Store = open_store(
+            self.store_url,
+            name=f"{manager.app_id}-{name}",
+            key_codec=self.key_codec,
+            value_codec=self.value_codec,
+        )
+        self.logger = logging.getLogger(f"trio_tables.table.{name}")
+        self._recover_callbacks: list[Callable[..., Any]] = [on_recover] if on_recover else []
+        self._changelog_callbacks: list[Callable[..., Any]] = (
+            [on_changelog_event] if on_changelog_event else []
+        )
+        self._active: set[int] = set()
+        self._overlay: dict[int, dict[Any, Any]] = {}
+        self._persisting: dict[int, dict[Any, Any]] = {}
+        self._buffers: dict[int, ChangelogBuffer] = {}
+        self._explicit_partition: ContextVar[int | None] = ContextVar(
+            f"trio_tables_partition_{name}", default=None
+        )
+        # partition -> (position, target) of the restore in progress or last done.
+        self.recovery_progress: dict[int, tuple[int, int]] = {}
+        self.replayed = 0  # changelog records applied by recovery, since start
+
+    # -- names --------------------------------------------------------------------------
+    @property
+    def changelog_topic_name(self) -> str:
+        return self._changelog_topic_name
+
+    @property
+    def changelog_topic(self) -> str:
+        return self._changelog_topic_name
+
+    @property
+    def label(self) -> str:
+        return f"{type(self).__name__}: {self.name}"
+
+    @property
+    def shortlabel(self) -> str:
+        return self.label
+
+    def __repr__(self) -> str:
+        return f"<{self.label}>"
+
+    def info(self) -> dict[str, Any]:
+        """The keyword arguments that re-create this table (Faust's ``info()``)."""
+        return {
+            "name": self.name,
+            "default": self.default,
+            "key_type": self.key_type,
+            "value_type": self.value_type,
+            "partitions": self.partitions,
+            "store": self.store_url,
+            "changelog_topic": self._changelog_topic_name,
+            "help": self.help,
+            "recovery_buffer_size": self.recovery_buffer_size,
+            "standby_buffer_size": self.standby_buffer_size,
+            "extra_topic_configs": self.extra_topic_configs,
+            "use_partitioner": self.use_partitioner,
+            "options": self.options,
+        }
+
+    # -- partitions -------------------------------------------------------------------
+    def partition_for_key(self, key: Any) -> int:
+        """The changelog partition Kafka's default partitioner picks for ``key``."""
+        if not self.partitions:
+            raise RuntimeError(
+                f"{self.label}: partition count not known yet (no source topic joined); "
+                "pass partitions= to the table"
+            )
+        digest: int = murmur2(self.key_codec.encode(key))
+        return (digest & 0x7FFFFFFF) % self.partitions
+
+    @contextmanager
+    def partition(self, partition: int) -> Iterator[None]:
+        """Direct reads and writes in this block to ``partition`` (for writes outside a
+        stream: timers, request handlers)."""
+        token = self._explicit_partition.set(partition)
+        try:
+            yield
+        finally:
+            self._explicit_partition.reset(token)
+
+    def _context_partition(self, key: Any) -> int | None:
+        partition = self._explicit_partition.get()
+        if partition is not None:
+            return partition
+        if self.use_partitioner:
+            return self.partition_for_key(key)
+        event = current_event.get()
+        return None if event is None else event.partition
+
+    def _write_partition(self, key: Any) -> int:
+        partition = self._context_partition(key)
+        if partition is None:
+            raise TableWriteOutsideStream(self.name)
+        if partition not in self._active:
+            raise PartitionNotOwned(self.name, partition)
+        return partition
+
+    # -- reads -------------------------------------------------------------------------
+    def _lookup(self, partition: int, key: Any) -> Any:
+        layer = self._overlay.get(partition)
+        if layer is not None and key in layer:
+            return layer[key]
+        layer = self._persisting.get(partition)
+        if layer is not None and key in layer:
+            return layer[key]
+        return self.data.get(partition, key)
+
+    def _read(self, key: Any) -> Any:
+        """The raw value of ``key`` (or MISSING/TOMBSTONE) where the context says, or in
+        any active partition when no context says."""
+        partition = self._context_partition(key)
+        if partition is not None:
+            return self._lookup(partition, key)
+        for partition in sorted(self._active):
+            value = self._lookup(partition, key)
+            if value is not MISSING and value is not TOMBSTONE:
+                return value
+        return MISSING
+
+    def _partition_items(self, partition: int) -> Iterator[tuple[Any, Any]]:
+        merged: dict[Any, Any] = {}
+        for key, value in self.data.items(partition):
+            merged[key] = value
+        merged.update(self._persisting.get(partition, {}))
+        merged.update(self._overlay.get(partition, {}))
+        for key, value in merged.items():
+            if value is not TOMBSTONE:
+                yield key, value
+
+    # -- writes ------------------------------------------------------------------------
+    def _write(self, key: Any, value: Any) -> None:
+        """Record ``value`` (``None`` deletes) for ``key``; checks types first."""
+        partition = self._write_partition(key)
+        self.key_codec.encode(key)  # TypeError now, not at commit time
+        if value is not None:
+            self.value_codec.encode(value)
+            value = _detached(value)
+        event = current_event.get()
+        source = None if event is None else SourceOffset(event.topic, event.partition, event.offset)
+        overlay = self._overlay.get(partition)
+        if overlay is None:
+            overlay = self._overlay[partition] = {}
+        overlay[key] = TOMBSTONE if value is None else value
+        buffer = self._buffers.get(partition)
+        if buffer is None:
+            buffer = self._buffers[partition] = ChangelogBuffer(
+                coalesce=self.manager.coalesce_changelog
+            )
+        buffer.add(key, ChangelogWrite(value, source))
+
+    def send_changelog(
+        self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
+    ) -> None:
+        """Queue a changelog record for ``key`` in ``partition`` (sent at the next commit)."""
+        buffer = self._buffers.setdefault(
+            partition, ChangelogBuffer(coalesce=self.manager.coalesce_changelog)
+        )
+        buffer.add(key, ChangelogWrite(value, source))
+
+    # -- commit cycle (called by the manager) ---------------------------------------------
+    def take_changes(self) -> tuple[list[OutgoingRecord], list[int]]:
+        """Start a commit cycle: the changelog records to send, and the partitions whose
+        overlay moved to the persisting layer."""
+        records: list[OutgoingRecord] = []
+        for partition, buffer in self._buffers.items():
+            if len(buffer):
+                records.extend(
+                    to_records(
+                        self._changelog_topic_name,
+                        partition,
+                        buffer.drain(),
+                        self.key_codec,
+                        self.value_codec,
+                    )
+                )
+        moved = []
+        for partition, overlay in self._overlay.items():
+            if overlay:
+                if self._persisting.get(partition):
+                    # A previous cycle failed before persisting: keep both, newest last.
+                    self._persisting[partition].update(overlay)
+                else:
+                    self._persisting[partition] = overlay
+                self._overlay[partition] = {}
+                moved.append(partition)
+        return records, moved
+
+    def persist(
+        self,
+        last_offsets: Mapping[int, int],
+        source_offsets: Mapping[int, Mapping[str, int]],
+    ) -> None:
+        """Write the persisting layer to the store with the last acknowledged changelog
+        offset of each partition. Blocking (disk) for persistent stores."""
+        for partition in set(self._persisting) | set(last_offsets) | set(source_offsets):
+            changes = self._persisting.get(partition, {})
+            offset = last_offsets.get(partition)
+            sources = source_offsets.get(partition)
+            if not changes and offset is None and sources is None:
+                continue
+            self.data.write_batch(
+                partition,
+                {k: (None if v is TOMBSTONE else v) for k, v in changes.items()},
+                offset,
+                source_offsets=sources,
+            )
+        self._persisting.clear()
+
+    def discard_uncommitted(self, partitions: set[int] | frozenset[int]) -> None:
+        """Forget changes of ``partitions`` that were not persisted (lost partitions)."""
+        for partition in partitions:
+            self._overlay.pop(partition, None)
+            self._persisting.pop(partition, None)
+            self._buffers.pop(partition, None)
+
+    # -- ownership (called by the manager) ------------------------------------------------
+    def activate(self, partitions: frozenset[int]) -> None:
+        self._active |= partitions
+
+    def deactivate(self, partitions: frozenset[int]) -> None:
+        self._active -= partitions
+
+    @property
+    def active_partitions(self) -> frozenset[int]:
+        return frozenset(self._active)
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """The last changelog offset persisted in the store for ``tp``."""
+        return self.data.persisted_offset(tp.partition)
+
+    def reset_state(self) -> None:
+        """Forget all local data (it is rebuilt from the changelog by the next
+        recovery)."""
+        for partition in self.data.partitions():
+            self.data.reset_partition(partition)
+        self._overlay.clear()
+        self._persisting.clear()
+        self._buffers.clear()
+
+    # -- recovery ----------------------------------------------------------------------
+    async def restore(self, consumer: RestoreConsumer, request: RecoveryRequest) -> None:
+        """Rebuild ``request.partitions`` from the changelog, up to the end offsets taken
+        now. Cancellation: stops between batches; every batch applied so far is in the
+        store with its offset, so a later restore continues from there."""
+        topic = self._changelog_topic_name
+        tps = {p: TP(topic, p) for p in request.partitions}
+        sources = {p: self._committed_sources(p, request.committed) for p in tps}
+        for p in tps:
+            self._check_store_not_ahead(p, sources[p])
+        begin = await consumer.beginning_offsets(tps.values())
+        end = await consumer.end_offsets(tps.values())
+        todo: dict[TP, int] = {}
+        for p, tp in tps.items():
+            saved = self.data.persisted_offset(p)
+            start = begin[tp] if saved is None else saved + 1
+            if saved is not None and not begin[tp] <= start <= end[tp]:
+                self.logger.warning(
+                    "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
+                    "discarding local state and rebuilding from the changelog",
+                    self.name, p, saved, begin[tp], end[tp],
+                )
+                await self._run_store(self.data.reset_partition, p)
+                start = begin[tp]
+            self.recovery_progress[p] = (start, end[tp])
+            if start < end[tp]:
+                todo[tp] = start
+        if todo:
+            self.logger.info(
+                "%s: restoring %d records from %s",
+                self.name, sum(end[tp] - start for tp, start in todo.items()), topic,
+            )
+            await consumer.assign(todo)
+            for tp, start in todo.items():
+                await consumer.seek(tp, start)
+        remaining = dict(todo)
+        while remaining:
+            batch = await consumer.poll(timeout=0.2)
+            for tp, records in batch.items():
+                if tp in remaining and records:
+                    await self._apply_restored(tp.partition, records, request.committed,
+                                               sources[tp.partition])
+            for tp in list(remaining):
+                position = await consumer.position(tp)
+                self.recovery_progress[tp.partition] = (position, end[tp])
+                if position >= end[tp]:
+                    del remaining[tp]
+        if todo:
+            await consumer.assign(())
+        for p in tps:
+            # Record the source offsets this state is consistent with, even if no record
+            # was replayed (so a later commit check compares with the right numbers).
+            if sources[p] != self.data.persisted_source_offsets(p):
+                await self._run_store(
+                    partial(self.data.write_batch, source_offsets=sources[p]), p, {}, None
+                )
+
+    def _committed_sources(
+        self, partition: int, committed: Mapping[TP, int | None]
+    ) -> dict[str, int]:
+        return {
+            tp.topic: offset
+            for tp, offset in committed.items()
+            if tp.partition == partition and offset is not None
+        }
+
+    def _check_store_not_ahead(self, partition: int, committed: Mapping[str, int]) -> None:
+        recorded = self.data.persisted_source_offsets(partition)
+        ahead = {
+            topic: (offset, committed.get(topic))
+            for topic, offset in recorded.items()
+            if committed.get(topic, -1) < offset
+        }
+        if ahead:
+            self.logger.warning(
+                "%s[%d]: local state includes events past the group's committed offsets %s "
+                "(the worker stopped between persisting and committing): rebuilding this "
+                "partition from the changelog",
+                self.name, partition, ahead,
+            )
+            self.data.reset_partition(partition)
+
+    async def _apply_restored(
+        self,
+        partition: int,
+        records: list[Record] | Any,
+        committed: Mapping[TP, int | None],
+        sources: Mapping[str, int],
+    ) -> None:
+        changes: dict[Any, Any] = {}
+        decode_key, decode_value = self.key_codec.decode, self.value_codec.decode
+        applied = 0
+        for record in records:
+            if caused_by_uncommitted_event(record, committed):
+                continue
+            key = decode_key(record.key) if record.key is not None else None
+            changes[key] = None if record.value is None else decode_value(record.value)
+            applied += 1
+            for callback in self._changelog_callbacks:
+                await call_callback(callback, record)
+        self.replayed += applied
+        await self._run_store(
+            partial(self.data.write_batch, source_offsets=sources),
+            partition, changes, records[-1].offset,
+        )
+
+    async def _run_store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.data.persistent:
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    # -- callbacks --------------------------------------------------------------------------
+    def on_recover(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``callback`` to run after each recovery (usable as a decorator)."""
+        self._recover_callbacks.append(callback)
+        return callback
+
+    def on_changelog_event(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``callback(record)`` for every changelog record applied."""
+        self._changelog_callbacks.append(callback)
+        return callback
+
+    async def call_recover_callbacks(self) -> None:
+        for callback in self._recover_callbacks:
+            await call_callback(callback)
+
+    async def on_recovery_completed(
+        self, active: frozenset[int], standby: frozenset[int] = frozenset()
+    ) -> None:
+        await self.call_recover_callbacks()
+
+    def close(self) -> None:
+        self.data.close()
+
+    # -- async with table ----------------------------------------------------------------
+    async def __aenter__(self) -> Any:
+        """Wait until the table's nursery runs and its assigned partitions are
+        recovered. Cancellation: safe, the table keeps running under the manager."""
+        await self.manager._table_entered(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """The table keeps running until the manager stops."""
+
+    async def on_start(self) -> None:
+        """Hook: called when the table's nursery has started."""
+
+    async def on_rebalance(
+        self,
+        assigned: frozenset[TP],
+        revoked: frozenset[TP],
+        newly_assigned: frozenset[TP],
+        generation_id: int = 0,
+    ) -> None:
+        """Hook: called by the manager on every rebalance."""

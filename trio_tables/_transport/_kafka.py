@@ -109,7 +109,7 @@ class KafkaTransport:
         """Create a kafka-python client in a worker thread; typed error if unreachable."""
         try:
             return await trio.to_thread.run_sync(lambda: make(**config))
-        except (kafka_errors.NoBrokersAvailable, kafka_errors.KafkaTimeoutError) as exc:
+        except (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError) as exc:
             raise BrokerUnavailable(
                 self.settings.bootstrap_servers, self.settings.connect_timeout, str(exc)
             ) from exc

@@ -134,6 +134,10 @@ class _KafkaFetching:
 
         try:
             await self._owner.run(work)
+            # A cancellation that arrived while the thread ran is delivered here, with the
+            # records handed back, rather than at the caller's next checkpoint with the
+            # records in the caller's hands.
+            await trio.lowlevel.checkpoint_if_cancelled()
         except trio.Cancelled:
             if box and box[0]:
                 await self._hand_back(box[0])

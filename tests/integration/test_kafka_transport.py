@@ -1,0 +1,145 @@
+"""Kafka-transport specifics against the embedded broker: the IO-loop adapter that the
+rebalance bridge depends on, connection failures, and cancellation of calls that are
+running in a worker thread. (Behaviour shared with the memory transport is in
+tests/contract.)"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from kafka import KafkaConsumer
+from kafka.future import Future as KafkaFuture
+
+from trio_tables import open_transport
+from trio_tables._transport._base import TP, OutgoingRecord, Transport
+from trio_tables._transport._kafka_bridge import resolve_on_io_loop
+from trio_tables.errors import BrokerUnavailable, UnknownTopic
+
+pytestmark = pytest.mark.kafka
+
+TEST_SETTINGS: dict[str, Any] = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "connect_timeout": 10,
+}
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def kafka(kafka_broker: Any) -> AsyncIterator[Transport]:
+    async with open_transport(kafka_broker.url, **TEST_SETTINGS) as transport:
+        yield transport
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens on it any more
+
+
+async def test_unreachable_broker_raises_typed_error_instead_of_hanging() -> None:
+    port = _closed_port()
+    with trio.fail_after(60):  # a hang guard, not a speed assertion
+        with pytest.raises(BrokerUnavailable) as info:
+            async with open_transport(f"kafka://127.0.0.1:{port}", connect_timeout=1.0):
+                pass  # pragma: no cover
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert info.value.timeout == 1.0
+
+
+def test_resolve_on_io_loop_wakes_a_waiting_coroutine(kafka_broker: Any) -> None:
+    """The rebalance bridge parks kafka-python's IO loop on a Future that Trio resolves
+    from another thread; the loop must wake up at once, not at its next timer."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        future = KafkaFuture()
+        resumed = threading.Event()
+        seen: list[object] = []
+
+        async def waiter() -> None:
+            seen.append(await future)
+            resumed.set()
+
+        consumer._net.call_soon_threadsafe(waiter)
+        resolve_on_io_loop(consumer, future, "value")
+        assert resumed.wait(timeout=30), "IO loop did not resume the waiting coroutine"
+        assert seen == ["value"]
+    finally:
+        consumer.close()
+
+
+async def test_group_consumer_on_unknown_topic_fails_before_joining(kafka: Transport) -> None:
+    class Listener:
+        async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+            pass
+
+        async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
+            pass
+
+    missing = _unique("missing")
+    with pytest.raises(UnknownTopic) as info:
+        async with kafka.open_group_consumer(_unique("g"), [missing], listener=Listener()):
+            pass  # pragma: no cover
+    assert info.value.topic == missing
+
+
+async def _cancel_while_in_thread(call: Callable[[], Awaitable[object]]) -> None:
+    """Start ``call``, wait until it is blocked (in its worker thread), cancel it."""
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await call()
+
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+
+
+async def test_cancelled_calls_leave_clients_usable(kafka: Transport) -> None:
+    topic = _unique("cancel")
+    await kafka.create_topic(topic, 2)
+    tps = [TP(topic, 0), TP(topic, 1)]
+    records = [OutgoingRecord(topic, b"%d" % i, partition=i % 2) for i in range(200)]
+    async with kafka.open_producer() as producer:
+        await producer.send(topic, b"first", partition=0)  # the topic is now known
+        await _cancel_while_in_thread(lambda: producer.send_batch(records))
+        await producer.flush()  # whatever was handed over is acknowledged
+        assert producer.in_flight == 0
+        more = await producer.send_batch(records)
+        await producer.flush()
+        assert all(d.done and not d.failed for d in more)
+
+    async with kafka.open_restore_consumer() as consumer:
+        await consumer.assign(tps)
+        await _cancel_while_in_thread(lambda: consumer.end_offsets(tps))
+        ends = await consumer.end_offsets(tps)
+        assert sum(ends.values()) == 401  # the cancelled batch was still handed over
+
+        # A poll cancelled while its thread runs hands its records back.
+        await _cancel_while_in_thread(lambda: consumer.poll(timeout=2.0))
+        seen: dict[TP, list[int]] = {tp: [] for tp in tps}
+        with trio.fail_after(60):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batch: Mapping[TP, Any] = await consumer.poll(timeout=0.5)
+                for tp, recs in batch.items():
+                    seen[tp].extend(r.offset for r in recs)
+        for tp in tps:
+            assert seen[tp] == sorted(set(seen[tp])), "a record came twice"
+            assert len(seen[tp]) == ends[tp], "a record was lost"
+

@@ -11,16 +11,14 @@ This module is also a pytest plugin, registered through the ``pytest11`` entry p
   it errors (never skips) when the broker cannot start.
 * ``unique_name`` (function scope): a factory of topic and group names unique to one
   test, so tests sharing the broker never see each other's data.
+
+The broker launcher works without pytest installed (e.g. from a benchmark or a script);
+the fixtures exist only where pytest does.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-import uuid
-from collections.abc import Callable, Iterator
-
-import pytest
+import importlib.util
 
 from ._embedded import (
     EmbeddedBroker,
@@ -35,42 +33,13 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedBrokerError",
     "embedded_broker",
-    "kafka_broker",
     "open_embedded_broker",
     "start_embedded_broker",
     "stop_embedded_broker",
-    "unique_name",
 ]
 
-_NOT_A_TOPIC_CHAR = re.compile(r"[^a-zA-Z0-9._-]+")
-_MAX_PREFIX = 100  # Kafka topic names may have up to 249 characters
+if importlib.util.find_spec("pytest") is not None:
+    # pytest finds a plugin's hooks and fixtures among the module's attributes.
+    from ._pytest_plugin import kafka_broker, pytest_configure, unique_name
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "kafka: needs the embedded Kafka-protocol broker (Tansu)")
-
-
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[EmbeddedBroker]:
-    """An embedded broker for the whole test session (in-memory storage).
-
-    Give each test its own topics and groups (``unique_name``). Stopped at the end of
-    the session. A broker that cannot start is an error, not a skip.
-    """
-    with embedded_broker() as broker:
-        yield broker
-
-
-@pytest.fixture
-def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
-    """A factory of names unique to this test: ``unique_name("words")`` returns
-    ``"words-<test name>-<random>-<n>"``, valid as a Kafka topic or group name."""
-    test = _NOT_A_TOPIC_CHAR.sub("_", request.node.name)[:_MAX_PREFIX].strip("_")
-    run = uuid.uuid4().hex[:8]
-    counter = itertools.count()
-
-    def make(prefix: str = "t") -> str:
-        clean = _NOT_A_TOPIC_CHAR.sub("_", prefix)[:_MAX_PREFIX]
-        return f"{clean}-{test}-{run}-{next(counter)}"
-
-    return make
+    __all__ += ["kafka_broker", "pytest_configure", "unique_name"]

@@ -205,20 +205,58 @@ def _launch(
     return proc, log_path
 
 
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    return inodes
+
+
+def _owns_listener(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (Linux ``/proc``);
+    ``True`` where that cannot be told, so elsewhere a connection alone decides."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if not fd_dir.is_dir():
+        return True
+    inodes = _listening_inodes(port)
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:  # not allowed to look
+        return True
+    for fd in fds:
+        try:
+            link = os.readlink(fd_dir / fd)
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
 def _check_ready(proc: subprocess.Popen[bytes], port: int, log_path: str) -> bool:
-    """True once the broker accepts connections; raises if it died."""
+    """True once the broker accepts connections on its own listener; raises if it died.
+
+    (A connection alone could reach another process that took the port first; the
+    broker then dies, and the next check reports that with its log.)"""
     if proc.poll() is not None:
         raise EmbeddedBrokerError(
             f"the embedded broker (pid {proc.pid}) exited with code {proc.returncode} "
             f"before accepting connections on {_HOST}:{port}; its log ends with:\n"
             + _log_tail(log_path)
         )
-    return _accepts(port)
+    return _accepts(port) and _owns_listener(proc.pid, port)
 
 
 def _started(proc: subprocess.Popen[bytes], port: int, log_path: str) -> EmbeddedBroker:
-    # A broker that lost a race for its port dies a few milliseconds after another
-    # process accepted our probe: check it is still alive once more.
+    # Still alive after the probe that proved it ready.
     if proc.poll() is not None:
         _check_ready(proc, port, log_path)
     return EmbeddedBroker(_HOST, port, proc.pid, log_path)

@@ -1,0 +1,141 @@
+"""A word-counting worker, run as a separate process by the integration tests.
+
+It counts the keys of ``--topic`` into the table ``counts``. Lines on stdout tell the
+test what happens (``ASSIGNED``, ``ACTIVE``, ``KILLPOINT <name>``). SIGTERM stops it
+cleanly: it writes its table (the partitions it holds) to ``--dump`` as JSON and leaves
+the group. ``--kill-point`` makes it stop dead (sleep forever) at a chosen place so that
+the test can ``kill -9`` it exactly there:
+
+* ``after-persist``: the second commit cycle persisted the stores, its offsets are not
+  committed;
+* ``during-recovery``: after applying some changelog records while recovering;
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+import trio_tables
+from trio_tables import TP
+
+TEST_SETTINGS: dict[str, Any] = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "connect_timeout": 10,
+}
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+class Worker(trio_tables.TableManager):
+    kill_point: str | None = None
+    commits = 0
+
+    async def on_commit(self, offsets: Mapping[TP, int]) -> None:
+        # The second commit with offsets: the first one landed, so the group has
+        # committed offsets and the changelog has records that recovery applies.
+        if offsets:
+            self.commits += 1
+        if self.kill_point == "after-persist" and self.commits == 2:
+            say("KILLPOINT after-persist", sum(offsets.values()))
+            await trio.sleep_forever()
+
+
+async def main(args: argparse.Namespace) -> None:
+    manager = Worker(
+        args.app,
+        broker=args.broker,
+        store=args.store,
+        commit_interval=args.commit_interval,
+        transport_options=TEST_SETTINGS,
+    )
+    manager.kill_point = args.kill_point
+    restored = 0
+
+    def on_changelog_event(record: Any) -> Any:
+        nonlocal restored
+        restored += 1
+        if args.kill_point == "during-recovery" and restored == 5:
+            say("KILLPOINT during-recovery", restored)
+            return trio.sleep_forever()  # noqa: ASYNC105 - awaited by the table
+        return None
+
+    async with manager:
+        counts = manager.Table(
+            "counts",
+            default=int,
+            key_type=str,
+            value_type=int,
+            on_changelog_event=on_changelog_event,
+        )
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        stop.set()
+                        return
+
+            nursery.start_soon(watch_signals)
+            async with manager.stream(args.topic, key_type=str) as events:
+
+                async def report() -> None:
+                    while True:
+                        await manager.wait_until_recovered()
+                        if manager.active_partitions:
+                            say("ACTIVE", json.dumps(sorted(manager.active_partitions)))
+                        await manager._recovery_event.wait()
+
+                nursery.start_soon(report)
+
+                async def process() -> None:
+                    async for event in events:
+                        counts[event.key] += 1
+
+                async with trio.open_nursery() as processing:
+                    processing.start_soon(process)
+                    await stop.wait()
+                    processing.cancel_scope.cancel()
+                with open(args.dump, "w") as file:  # noqa: ASYNC230 - tiny file, at exit
+                    json.dump(
+                        {
+                            "partitions": sorted(manager.active_partitions),
+                            "counts": counts.as_dict(),
+                            "replayed": counts.replayed,
+                        },
+                        file,
+                    )
+                say("DUMPED")
+            nursery.cancel_scope.cancel()
+    say("STOPPED")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--store", default="memory://")
+    parser.add_argument("--dump", required=True)
+    parser.add_argument("--commit-interval", type=float, default=0.5)
+    parser.add_argument("--kill-point", default=None)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if os.environ.get("COUNTER_APP_DEBUG"):
+        logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG)
+        logging.getLogger("trio_tables").setLevel(logging.DEBUG)
+    trio.run(main, parser.parse_args())

@@ -1,0 +1,166 @@
+"""Running counter_app.py workers as real processes, and observing the group from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from kafka import KafkaConsumer, TopicPartition
+
+from trio_tables import open_transport
+from trio_tables._transport._base import TP, OutgoingRecord
+
+APP = Path(__file__).parent / "apps" / "counter_app.py"
+SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+class Worker:
+    """One counter_app.py process; its stdout lines are collected as they come."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: Any,
+        app: str,
+        topic: str,
+        workdir: Path,
+        store: str = "memory://",
+        kill_point: str | None = None,
+    ) -> None:
+        self.name = name
+        self.dump_path = workdir / f"{name}.json"
+        self.log_path = workdir / f"{name}.log"
+        self.command = [
+            sys.executable, str(APP),
+            "--broker", broker.url, "--app", app, "--topic", topic,
+            "--store", store, "--dump", str(self.dump_path),
+        ]
+        if kill_point:
+            self.command += ["--kill-point", kill_point]
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.process: trio.Process | None = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.dump_path.unlink(missing_ok=True)
+        log = self.log_path.open("ab")
+        self.process = await trio.lowlevel.open_process(
+            self.command, stdout=subprocess.PIPE, stderr=log,
+        )
+        log.close()
+        nursery.start_soon(self._read_lines, self.process)
+
+    async def _read_lines(self, process: trio.Process) -> None:
+        assert process.stdout is not None
+        pending = b""
+        async with process.stdout:
+            async for chunk in process.stdout:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    self.lines.append(line.decode())
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def wait_for_line(self, prefix: str) -> str:
+        """The first line starting with ``prefix`` (waits for it)."""
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if line.startswith(prefix):
+                    return line
+            seen = len(self.lines)
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise AssertionError(f"{self.name} exited before printing {prefix!r}: "
+                                     f"{self.log_tail()}")
+            with trio.move_on_after(1):  # re-check the exit status now and then
+                await self._changed.wait()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+
+    async def kill(self) -> None:
+        """``kill -9``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    async def wait_stopped(self) -> dict[str, Any]:
+        """Wait for a clean exit after :meth:`terminate`; the dumped table."""
+        assert self.process is not None
+        code = await self.process.wait()
+        assert code == 0, f"{self.name} exited with {code}:\n{self.log_tail()}"
+        dump: dict[str, Any] = json.loads(self.dump_path.read_text())
+        return dump
+
+
+def words(n: int, seed: int, vocabulary: int = 40) -> list[str]:
+    rnd = random.Random(seed)
+    vocab = [f"w{i:03d}" for i in range(vocabulary)]
+    return rnd.choices(vocab, weights=[1 / (r + 1) for r in range(vocabulary)], k=n)
+
+
+async def produce(broker: Any, topic: str, keys: Sequence[str]) -> None:
+    async with open_transport(broker.url, **SETTINGS) as transport, transport.open_producer() as p:
+        await p.send_batch([OutgoingRecord(topic, b'{"n":1}', key=k.encode()) for k in keys])
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+async def committed_offsets(broker: Any, group: str, topic: str, partitions: int) -> dict[int, int]:
+    raw = await trio.to_thread.run_sync(_committed, broker.bootstrap, group, topic, partitions)
+    return {p: offset or 0 for p, offset in raw.items()}
+
+
+async def end_offsets(broker: Any, topic: str, partitions: int) -> dict[int, int]:
+    async with open_transport(broker.url, **SETTINGS) as transport, \
+            transport.open_restore_consumer() as consumer:
+        ends = await consumer.end_offsets([TP(topic, p) for p in range(partitions)])
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def wait_caught_up(broker: Any, group: str, topic: str, partitions: int) -> None:
+    """Wait until the group committed every record of ``topic`` (the workers processed
+    them, and their table changes are in the changelog and the stores)."""
+    ends = await end_offsets(broker, topic, partitions)
+    while await committed_offsets(broker, group, topic, partitions) != ends:
+        await trio.sleep(0.2)  # noqa: ASYNC110 - another process's progress can only be polled
+
+
+def merge_dumps(dumps: Sequence[dict[str, Any]], partitions: int) -> Counter[str]:
+    held = [p for dump in dumps for p in dump["partitions"]]
+    assert sorted(held) == list(range(partitions)), f"partitions held at the end: {held}"
+    merged: Counter[str] = Counter()
+    for dump in dumps:
+        overlap = set(merged) & set(dump["counts"])
+        assert not overlap, f"a key is in two workers' tables: {sorted(overlap)[:5]}"
+        merged.update(dump["counts"])
+    return merged
+
+
+def scratch_dir(base: Path, name: str) -> Path:
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    return path

@@ -144,8 +144,8 @@ async def wait_caught_up(broker: Any, group: str, topic: str, partitions: int) -
     """Wait until the group committed every record of ``topic`` (the workers processed
     them, and their table changes are in the changelog and the stores)."""
     ends = await end_offsets(broker, topic, partitions)
-    while await committed_offsets(broker, group, topic, partitions) != ends:
-        await trio.sleep(0.2)  # noqa: ASYNC110 - another process's progress can only be polled
+    while await committed_offsets(broker, group, topic, partitions) != ends:  # noqa: ASYNC110
+        await trio.sleep(0.2)  # another process's progress can only be polled
 
 
 def merge_dumps(dumps: Sequence[dict[str, Any]], partitions: int) -> Counter[str]:

@@ -124,6 +124,7 @@ class TableManager:
         self.tables: dict[str, Collection] = {}
         self._table_channels: dict[str, trio.MemorySendChannel[RecoveryRequest]] = {}
         self._table_started: dict[str, trio.Event] = {}
+        self._table_ready: dict[str, trio.Event] = {}
         self._changelogs_ready: set[str] = set()
         self._streams: dict[str, Stream] = {}
         self._partition_count: int | None = None
@@ -229,6 +230,7 @@ class TableManager:
             raise ValueError(f"a table named {table.name!r} already exists")
         self.tables[table.name] = table
         self._table_started[table.name] = trio.Event()
+        self._table_ready[table.name] = trio.Event()
         if self._nursery is not None:
             self._nursery.start_soon(self._start_table, table)
         return table
@@ -243,33 +245,35 @@ class TableManager:
         self._table_started[table.name].set()
         if self._ready:
             await self._recover_new_table(table)
+        self._table_ready[table.name].set()
 
     async def _recover_new_table(self, table: Collection) -> None:
-        """Recover a table added while partitions are being processed: those partitions
-        pause (between events) until the new table has them."""
+        """Recover a table added while partitions are being processed. Those partitions
+        stop handing out events until the new table has them (an event already in
+        process goes on: it may be the one waiting for this table)."""
         assert self._consumer is not None
         partitions = frozenset(self._ready)
         tps = frozenset(tp for tp in self._supervisor.assigned if tp.partition in partitions)
         for stream in self._streams.values():
             for partition in partitions:
                 stream.unready(partition)
-        async with self._quiesced():
-            pass  # no event of these partitions is in process any more
-        committed = await self._consumer.committed(tps)
-        request = RecoveryRequest(partitions, committed)
-        await self._table_channels[table.name].send(request)
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        still_ready = partitions & self._ready
-        if request.completed:
-            table.activate(still_ready)
-            await table.on_recovery_completed(still_ready)
-        for stream in self._streams.values():
-            for tp in tps:
-                if tp.topic == stream.topic and tp.partition in still_ready:
-                    stream.set_ready(tp.partition)
-        self._recovery_changed()
+        try:
+            committed = await self._consumer.committed(tps)
+            request = RecoveryRequest(partitions, committed)
+            await self._table_channels[table.name].send(request)
+            await request.done.wait()
+            if request.error is not None:
+                raise request.error
+            still_ready = partitions & self._ready
+            if request.completed:
+                table.activate(still_ready)
+                await table.on_recovery_completed(still_ready)
+        finally:
+            for stream in self._streams.values():
+                for tp in tps:
+                    if tp.topic == stream.topic and tp.partition in self._ready:
+                        stream.set_ready(tp.partition)
+            self._recovery_changed()
 
     async def _ensure_changelog(self, table: Collection) -> None:
         assert self._transport is not None
@@ -301,8 +305,9 @@ class TableManager:
             await event.wait()
 
     async def _table_entered(self, table: Collection) -> None:
-        await self._table_started[table.name].wait()
-        await self.wait_until_recovered()
+        await self._table_ready[table.name].wait()
+        if current_event.get() is None:
+            await self.wait_until_recovered()
 
     # -- streams ------------------------------------------------------------------------
     @asynccontextmanager
@@ -624,17 +629,24 @@ class TableManager:
                     if offset is not None:
                         self._committed[tp] = offset
                 partitions = assignment.partitions
-                for name in list(self.tables):
-                    request = RecoveryRequest(partitions, committed)
-                    assignment.requests.append(request)
-                    await self._table_channels[name].send(request)
-                for request in assignment.requests:
-                    await request.done.wait()
-                for request in assignment.requests:
-                    if request.error is not None:
-                        raise request.error
-                if not all(request.completed for request in assignment.requests):
-                    return
+                done: set[str] = set()
+                while missing := [name for name in self.tables if name not in done]:
+                    # A table added meanwhile is recovered for these partitions too.
+                    await self.wait_until_tables_registered()
+                    requests = []
+                    for name in missing:
+                        request = RecoveryRequest(partitions, committed)
+                        assignment.requests.append(request)
+                        requests.append(request)
+                        await self._table_channels[name].send(request)
+                    for request in requests:
+                        await request.done.wait()
+                    for request in requests:
+                        if request.error is not None:
+                            raise request.error
+                    if not all(request.completed for request in requests):
+                        return
+                    done.update(missing)
                 self._activate(partitions, assignment.tps)
                 for table in self.tables.values():
                     await table.on_recovery_completed(partitions)

@@ -115,7 +115,7 @@ async def test_write_outside_a_stream_is_a_typed_error(autojump_clock: Any) -> N
         table = manager.Table("t", default=int)
         async with manager.stream(topic):
             await manager.wait_until_recovered()
-            with pytest.raises(TableWriteOutsideStream, match="table.partition"):
+            with pytest.raises(TableWriteOutsideStream, match=r"table\.partition"):
                 table["k"] = 1
             with table.partition(2):
                 table["k"] = 1

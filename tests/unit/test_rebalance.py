@@ -44,6 +44,7 @@ class CountingWorker:
         self.partitions: frozenset[int] = frozenset()
         self.stop = trio.Event()
         self.started = trio.Event()
+        self.progress = trio.Event()  # replaced after each change
         self.manager: TableManager | None = None
 
     async def run(self) -> None:
@@ -54,6 +55,8 @@ class CountingWorker:
                                    on_changelog_event=self.on_changelog_event)
             async with manager.stream("words", key_type=str) as events:
                 self.started.set()
+                self.progress.set()
+                self.progress = trio.Event()
                 async with trio.open_nursery() as nursery:
 
                     async def process() -> None:
@@ -62,6 +65,8 @@ class CountingWorker:
                                 self.handed_out_unrecovered.append(event.partition)
                             counts[event.key] += 1
                             self.processed += 1
+                            self.progress.set()
+                            self.progress = trio.Event()
 
                     nursery.start_soon(process)
                     await self.stop.wait()
@@ -70,19 +75,28 @@ class CountingWorker:
                 self.partitions = manager.active_partitions
 
 
+def _holds_everything(workers: tuple[CountingWorker, ...], total: int) -> bool:
+    managers = [w.manager for w in workers]
+    if any(m is None or not m._supervisor.assignment_seen.is_set() for m in managers):
+        return False
+    held = sorted(p for m in managers if m is not None for p in m.active_partitions)
+    return held == list(range(PARTITIONS)) and sum(w.processed for w in workers) >= total
+
+
 async def _settled(*workers: CountingWorker, total: int) -> None:
     """Wait until the workers together hold every partition and processed ``total``."""
-    while True:
-        managers = [w.manager for w in workers]
-        if all(m is not None for m in managers):
-            held = [p for m in managers if m is not None for p in m.active_partitions]
-            if sorted(held) == list(range(PARTITIONS)) and all(
-                m is not None and m._supervisor.assignment_seen.is_set() for m in managers
-            ):
-                committed = sum(w.processed for w in workers)
-                if committed >= total:
-                    return
-        await trio.sleep(0.1)
+    while not _holds_everything(workers, total):
+        async with trio.open_nursery() as nursery:
+            # Whatever changes first: a worker's progress or a manager's partitions.
+
+            async def changed(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            for worker in workers:
+                nursery.start_soon(changed, worker.progress)
+                if worker.manager is not None:
+                    nursery.start_soon(changed, worker.manager._recovery_event)
 
 
 async def test_rebalance_while_events_flow_keeps_tables_exact(autojump_clock: Any) -> None:
@@ -140,13 +154,16 @@ async def test_rebalance_during_recovery_cancels_it_and_recovers_the_new_assignm
         assert a.manager is not None
         assert a.manager.active_partitions == frozenset()
         nursery.start_soon(b.run)
-        while not (b.manager and b.manager.active_partitions):
-            await trio.sleep(0.1)
+        await b.started.wait()
+        assert b.manager is not None
+        while not b.manager.active_partitions:
+            await b.manager._recovery_event.wait()
         gate.set()
         await _settled(a, b, total=0)
         a.stop.set()
         b.stop.set()
     assert cancelled_restores == 1  # the revocation cancelled the first restore
     assert Counter(a.snapshot) + Counter(b.snapshot) == Counter(words)
-    assert a.partitions and b.partitions
+    assert a.partitions
+    assert b.partitions
     assert a.handed_out_unrecovered == b.handed_out_unrecovered == []

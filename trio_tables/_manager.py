@@ -90,6 +90,7 @@ class TableManager:
         changelog_replication_factor: int = 1,
         stream_buffer_size: int = 10_000,
         revoke_timeout: float = 60.0,
+        event_grace: float = 0.5,
         shutdown_timeout: float = 60.0,
         poll_timeout: float = 0.1,
         transport_options: Mapping[str, Any] | None = None,
@@ -116,6 +117,7 @@ class TableManager:
         self.changelog_replication_factor = changelog_replication_factor
         self.stream_buffer_size = stream_buffer_size
         self.revoke_timeout = revoke_timeout
+        self.event_grace = event_grace
         self.shutdown_timeout = shutdown_timeout
         self.poll_timeout = poll_timeout
         self.transport_options = dict(transport_options or {})
@@ -327,8 +329,10 @@ class TableManager:
         Checks that the topic exists and is co-partitioned with the other source topics
         and the tables' changelogs (typed errors otherwise, before anything is
         processed), joins the group (or re-joins with the new topic added) and yields the
-        :class:`Stream`. Leaving the block stops the iteration; the event in progress
-        counts as processed.
+        :class:`Stream`. Leaving the block normally stops the iteration (the event in
+        progress counts as processed) and re-joins the group without this topic, which
+        commits what was processed; leaving it with an exception does not count the
+        event in progress. Cancellation while joining: nothing was consumed.
         """
         assert self._transport is not None, "use the stream inside `async with manager`"
         if topic in self._streams:
@@ -357,8 +361,20 @@ class TableManager:
         try:
             await self._subscribe(self._group_topics | {topic})
             yield stream
-        finally:
-            stream.close()
+        except BaseException:
+            # The event in progress did not finish: it is not processed, and the changes
+            # it made so far must never reach a store or a commit. The manager stops
+            # committing (leave its block too); the next owner processes the event again.
+            self._failing = True
+            stream.abort()
+            self._streams.pop(topic, None)
+            raise
+        stream.close()
+        self._streams.pop(topic, None)
+        # Re-join without this topic (leave the group if it was the last stream): the
+        # revocation commits what was processed, and records fetched for the stream but
+        # not processed go to whoever consumes the topic next.
+        await self._subscribe(self._group_topics - {topic})
 
     def _event_processed(self, tp: TP, offset: int) -> None:
         self._processed[tp] = offset + 1
@@ -371,20 +387,21 @@ class TableManager:
             await self._hold.wait()
 
     @asynccontextmanager
-    async def _quiesced(self) -> AsyncIterator[None]:
-        """Streams stop between two events for the block."""
+    async def _quiesced(self, grace: float) -> AsyncIterator[frozenset[int]]:
+        """Streams hand out no new event for the block; before it, events in process get
+        ``grace`` seconds to finish. Yields the partitions whose event is still in process
+        (a task may hold an event indefinitely: those partitions sit out this commit)."""
         hold = trio.Event()
         self._hold = hold
         try:
-            with trio.move_on_after(self.revoke_timeout) as waited:
+            with trio.move_on_after(grace):
                 for stream in list(self._streams.values()):
                     await stream.wait_idle()
-            if waited.cancelled_caught:
-                logger.warning(
-                    "%s: an event took more than %ss to process; committing without waiting",
-                    self.app_id, self.revoke_timeout,
-                )
-            yield
+            yield frozenset(
+                stream.current.partition
+                for stream in self._streams.values()
+                if stream.current is not None
+            )
         finally:
             self._hold = None
             hold.set()
@@ -416,12 +433,14 @@ class TableManager:
 
     # -- group membership ------------------------------------------------------------------
     async def _subscribe(self, topics: frozenset[str]) -> None:
-        """(Re-)join the group for ``topics``."""
+        """(Re-)join the group for ``topics``; leave it when ``topics`` is empty."""
         assert self._nursery is not None
         if topics == self._group_topics and self._group_done is not None:
             return
         await self._stop_group()
         self._group_topics = topics
+        if not topics:
+            return
         self._group_stop = trio.Event()
         self._group_done = trio.Event()
         await self._nursery.start(self._group_task, topics, self._group_done)
@@ -430,6 +449,8 @@ class TableManager:
         if self._group_done is not None:
             self._group_stop.set()
             await self._group_done.wait()
+            self._group_done = None
+            self._group_topics = frozenset()
 
     async def _group_task(
         self,
@@ -522,6 +543,8 @@ class TableManager:
         to finish). Cancellation: a cycle interrupted after the changelog was sent leaves
         the changes to the next cycle; nothing is committed that was not persisted.
         """
+        if self._stopping_on_error():
+            return
         if current_event.get() is not None:
             raise RuntimeError(
                 "manager.commit() was called while processing an event; commits happen "
@@ -532,7 +555,7 @@ class TableManager:
                 await self._commit_cycle(frozenset())
             return
         async with self._commit_lock:
-            offsets = await self._commit_cycle(frozenset())
+            offsets, _ = await self._commit_cycle(frozenset())
         await self.on_commit(offsets)
         if offsets and self._consumer is not None:
             done = trio.Event()
@@ -542,12 +565,21 @@ class TableManager:
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
         """Hook: called with the offsets about to be committed (already persisted)."""
 
-    async def _commit_cycle(self, releasing: frozenset[int]) -> dict[TP, int]:
+    async def _commit_cycle(
+        self, releasing: frozenset[int], *, grace: float | None = None
+    ) -> tuple[dict[TP, int], frozenset[int]]:
+        """Send, acknowledge and persist the tables' changes; the source offsets that may
+        now be committed, and the partitions left out because an event of theirs was
+        still being processed (their changes wait for the next cycle)."""
         assert self._producer is not None
         included = self._ready | releasing
-        async with self._quiesced():
-            snapshot = {tp: o for tp, o in self._processed.items() if tp.partition in included}
-            taken = [(table, table.take_changes()[0]) for table in self.tables.values()]
+        async with self._quiesced(self.event_grace if grace is None else grace) as busy:
+            snapshot = {
+                tp: o
+                for tp, o in self._processed.items()
+                if tp.partition in included and tp.partition not in busy
+            }
+            taken = [(table, table.take_changes(busy)[0]) for table in self.tables.values()]
         records = [record for _, table_records in taken for record in table_records]
         deliveries = await self._producer.send_batch(records) if records else []
         await self._producer.flush()
@@ -573,7 +605,7 @@ class TableManager:
             else:
                 table.persist(*args)
         self._persisted_sources.update(changed_sources)
-        return snapshot
+        return snapshot, busy
 
     # -- rebalances (called by the supervisor) ----------------------------------------------
     async def _release(self, partitions: frozenset[int], *, commit: bool) -> dict[TP, int] | None:
@@ -584,9 +616,15 @@ class TableManager:
         self._ready -= partitions
         offsets: dict[TP, int] | None = None
         try:
-            if commit and not self._failing:
+            if commit and not self._stopping_on_error():
                 async with self._commit_lock:
-                    snapshot = await self._commit_cycle(releasing)
+                    snapshot, busy = await self._commit_cycle(
+                        releasing, grace=self.revoke_timeout
+                    )
+                # An event still in process after revoke_timeout: its partition's changes
+                # are dropped and the new owner processes the event again.
+                for table in self.tables.values():
+                    table.discard_uncommitted(busy & partitions)
                 offsets = {
                     tp: offset
                     for tp, offset in snapshot.items()
@@ -594,7 +632,7 @@ class TableManager:
                 }
                 self._committed.update(offsets)
             else:
-                async with self._quiesced():
+                async with self._quiesced(self.event_grace):
                     pass
                 for table in self.tables.values():
                     table.discard_uncommitted(partitions)
@@ -611,6 +649,13 @@ class TableManager:
             for partition in partitions:
                 self._persisted_sources.pop(partition, None)
         return offsets
+
+    def _stopping_on_error(self) -> bool:
+        """Whether work is being cancelled because something failed (commits are off).
+        A clean shutdown leaves the group before the manager's nursery is cancelled."""
+        return self._failing or (
+            self._nursery is not None and self._nursery.cancel_scope.cancel_called
+        )
 
     async def _recovery_supervisor(self) -> None:
         assert self._nursery is not None

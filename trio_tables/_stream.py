@@ -123,8 +123,10 @@ class Stream:
         if partition in self._order:
             self._order.remove(partition)
 
-    def in_process(self, partition: int) -> bool:
-        return self._current is not None and self._current.partition == partition
+    @property
+    def current(self) -> Event | None:
+        """The event handed out and not yet processed (``None`` between events)."""
+        return self._current
 
     async def wait_idle(self) -> None:
         """Wait until no event of this stream is being processed."""
@@ -208,6 +210,15 @@ class Stream:
     def close(self) -> None:
         """Stop iterating; the event in progress (if any) counts as processed."""
         self._finish_current()
+        self.closed = True
+        self._changed.set()
+
+    def abort(self) -> None:
+        """Stop iterating; the event in progress (if any) does not count as processed."""
+        if self._current is not None:
+            self._current = None
+            current_event.set(None)
+            self._current_done.set()
         self.closed = True
         self._changed.set()
 

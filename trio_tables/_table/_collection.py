@@ -295,12 +295,15 @@ class Collection:
         buffer.add(key, ChangelogWrite(value, source))
 
     # -- commit cycle (called by the manager) ---------------------------------------------
-    def take_changes(self) -> tuple[list[OutgoingRecord], list[int]]:
+    def take_changes(
+        self, busy: frozenset[int] = frozenset()
+    ) -> tuple[list[OutgoingRecord], list[int]]:
         """Start a commit cycle: the changelog records to send, and the partitions whose
-        overlay moved to the persisting layer."""
+        overlay moved to the persisting layer. Partitions in ``busy`` (an event of theirs
+        is half processed) keep their changes for a later cycle."""
         records: list[OutgoingRecord] = []
         for partition, buffer in self._buffers.items():
-            if len(buffer):
+            if len(buffer) and partition not in busy:
                 records.extend(
                     to_records(
                         self._changelog_topic_name,
@@ -312,7 +315,7 @@ class Collection:
                 )
         moved = []
         for partition, overlay in self._overlay.items():
-            if overlay:
+            if overlay and partition not in busy:
                 if self._persisting.get(partition):
                     # A previous cycle failed before persisting: keep both, newest last.
                     self._persisting[partition].update(overlay)

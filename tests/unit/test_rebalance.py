@@ -6,6 +6,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
 import trio
 
 import trio_tables
@@ -35,8 +36,11 @@ class CountingWorker:
     """A word-count manager that records, for every event, whether its partition was
     recovered and active when the event was handed out."""
 
-    def __init__(self, url: str, *, on_changelog_event: Any = None) -> None:
+    def __init__(
+        self, url: str, *, on_changelog_event: Any = None, protocol: Any = "eager"
+    ) -> None:
         self.url = url
+        self.protocol = protocol
         self.on_changelog_event = on_changelog_event
         self.processed = 0
         self.handed_out_unrecovered: list[int] = []
@@ -49,7 +53,8 @@ class CountingWorker:
 
     async def run(self) -> None:
         async with TableManager("wc", broker=self.url, commit_interval=0.5,
-                                coalesce_changelog=False) as manager:
+                                coalesce_changelog=False,
+                                rebalance_protocol=self.protocol) as manager:
             self.manager = manager
             counts = manager.Table("counts", default=int, key_type=str, value_type=int,
                                    on_changelog_event=self.on_changelog_event)
@@ -99,10 +104,13 @@ async def _settled(*workers: CountingWorker, total: int) -> None:
                     nursery.start_soon(changed, worker.manager._recovery_event)
 
 
-async def test_rebalance_while_events_flow_keeps_tables_exact(autojump_clock: Any) -> None:
+@pytest.mark.parametrize("protocol", ["eager", "cooperative"])
+async def test_rebalance_while_events_flow_keeps_tables_exact(
+    autojump_clock: Any, protocol: str
+) -> None:
     first = [f"w{i % 9}" for i in range(400)]
     url = await _setup(first)
-    a, b = CountingWorker(url), CountingWorker(url)
+    a, b = CountingWorker(url, protocol=protocol), CountingWorker(url, protocol=protocol)
     second = [f"w{i % 9}" for i in range(400)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a.run)

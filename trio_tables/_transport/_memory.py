@@ -125,8 +125,8 @@ class MemoryProducer:
         """Append ``records`` (all or, if cancelled first, none) and settle them.
 
         Raises :class:`~trio_tables.errors.UnknownTopic` before appending anything if a
-        topic does not exist. A partition index out of range fails that record's delivery
-        (and the next :meth:`flush`). A transactional producer needs an open transaction.
+        topic does not exist. A partition index out of range, or a record with neither key
+        nor value, fails that record's delivery (and the next :meth:`flush`). A transactional producer needs an open transaction.
         """
         await trio.lowlevel.checkpoint()
         counts = {r.topic: self._broker.partition_count(r.topic) for r in records}
@@ -142,6 +142,9 @@ class MemoryProducer:
                 counter = self._keyless.setdefault(record.topic, itertools.count())
                 partition = default_partition(record.key, counts[record.topic], counter)
             try:
+                if record.key is None and record.value is None:
+                    # As kafka-python: such a record means nothing to a table or a stream.
+                    raise ValueError("a record needs a key or a value (or both)")
                 metadata = self._broker.append(
                     TP(record.topic, partition),
                     record.key,
@@ -150,7 +153,7 @@ class MemoryProducer:
                     timestamp=record.timestamp,
                     transaction=transaction,
                 )
-            except IndexError as exc:
+            except (IndexError, ValueError) as exc:
                 delivery.settle(None, exc)
                 if self._first_error is None:
                     self._first_error = delivery

@@ -48,17 +48,19 @@ async def poll_until(
     *,
     max_records: int | None = None,
 ) -> list[Record]:
-    """Poll, collecting records, until ``done(collected)``."""
+    """Poll (at least once: a consumer learns about rebalances in poll), collecting
+    records, until ``done(collected)``."""
     collected: list[Record] = []
     with trio.fail_after(HANG_GUARD):
-        while not done(collected):
+        while True:
             batch = await consumer.poll(timeout=0.2, max_records=max_records)
             for tp, records in batch.items():
                 offsets = [r.offset for r in records]
                 assert offsets == sorted(offsets), f"{tp} out of order: {offsets}"
                 assert all(r.tp == tp for r in records)
             collected.extend(flatten(batch))
-    return collected
+            if done(collected):
+                return collected
 
 
 async def poll_count(consumer: Consumer, count: int) -> list[Record]:

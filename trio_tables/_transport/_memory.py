@@ -126,7 +126,8 @@ class MemoryProducer:
 
         Raises :class:`~trio_tables.errors.UnknownTopic` before appending anything if a
         topic does not exist. A partition index out of range, or a record with neither key
-        nor value, fails that record's delivery (and the next :meth:`flush`). A transactional producer needs an open transaction.
+        nor value, fails that record's delivery (and the next :meth:`flush`). A
+        transactional producer needs an open transaction.
         """
         await trio.lowlevel.checkpoint()
         counts = {r.topic: self._broker.partition_count(r.topic) for r in records}

@@ -233,6 +233,9 @@ class MemoryGroupConsumer(_MemoryFetching):
         self._member: Member | None = None
         self._generation = -1
         self._assignment: frozenset[TP] = frozenset()
+        # What the last generation gave this member: reported when rejoining under the
+        # eager protocol too (after revoking), so sticky assignors stay sticky.
+        self._last_assigned: frozenset[TP] = frozenset()
         self._polling = False
 
     def assignment(self) -> frozenset[TP]:
@@ -274,6 +277,7 @@ class MemoryGroupConsumer(_MemoryFetching):
                 with trio.CancelScope(shield=True):
                     await self._listener.on_partitions_lost(lost)
             self._generation = -1
+            self._last_assigned = frozenset()
             self._member = group.join(
                 self._topics,
                 self._assignors,
@@ -291,7 +295,8 @@ class MemoryGroupConsumer(_MemoryFetching):
                 await self._revoke(member, self._assignment)
                 return True
             metadata = self._assignors[0].metadata(self._topics)
-            group.rejoin(member, self._assignment, metadata)
+            owned = self._assignment if self._protocol == "cooperative" else self._last_assigned
+            group.rejoin(member, owned, metadata)
             return True
         return False
 
@@ -305,7 +310,7 @@ class MemoryGroupConsumer(_MemoryFetching):
             if group.protocol == "cooperative":
                 group.start_round()  # second round: the revoked partitions move
         added = mine.partitions - self._assignment
-        self._assignment = mine.partitions
+        self._assignment = self._last_assigned = mine.partitions
         for assignor in self._assignors:
             if assignor.name == group.assignor_name:
                 assignor.on_assignment(mine, generation)

@@ -81,9 +81,11 @@ async def count(url: str, app: str, topic: str, keys: list[str], coalesce: bool)
         partitions = counts.partitions or 0
     if table != Counter(keys):
         raise SystemExit(f"WRONG RESULT for coalesce={coalesce}: table differs from the input")
-    async with trio_tables.open_transport(url, **options) as transport:
-        async with transport.open_restore_consumer() as consumer:
-            ends = await consumer.end_offsets([TP(changelog, p) for p in range(partitions)])
+    async with (
+        trio_tables.open_transport(url, **options) as transport,
+        transport.open_restore_consumer() as consumer,
+    ):
+        ends = await consumer.end_offsets([TP(changelog, p) for p in range(partitions)])
     return {
         "startup_s": first - started,
         "events_per_s": len(keys) / (last - first),

@@ -186,8 +186,12 @@ class KafkaTransportProducer:
                 "stop (its partitions now belong to the newer instance)"
             ) from exc
         except (kafka_errors.KafkaError, kafka_errors.IllegalStateError) as exc:
-            if isinstance(exc, kafka_errors.InvalidProducerEpochError):
-                raise ProducerFenced(f"producer epoch is stale: {exc}") from exc
+            # kafka-python reports a fenced producer's later calls as a plain KafkaError
+            # ("... in an error state: ProducerFencedError").
+            if isinstance(exc, kafka_errors.InvalidProducerEpochError) or (
+                "ProducerFenced" in str(exc)
+            ):
+                raise ProducerFenced(f"producer fenced: {exc}") from exc
             raise TransactionError(f"{method} failed: {exc}") from exc
 
     async def init_transactions(self) -> None:

@@ -36,7 +36,7 @@ from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import Collection, RecoveryRequest, Table
 from ._transport import open_transport
 from ._transport._base import TP, Delivery, GroupConsumer, Producer, RebalanceProtocol, Transport
-from .errors import PartitionCountMismatch
+from .errors import CommitFailed, PartitionCountMismatch
 
 __all__ = ["TableManager"]
 
@@ -519,8 +519,6 @@ class TableManager:
         }
         if not wanted:
             return
-        from .errors import CommitFailed
-
         try:
             await consumer.commit(wanted)
         except CommitFailed as exc:

@@ -289,9 +289,11 @@ class Collection:
         self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
     ) -> None:
         """Queue a changelog record for ``key`` in ``partition`` (sent at the next commit)."""
-        buffer = self._buffers.setdefault(
-            partition, ChangelogBuffer(coalesce=self.manager.coalesce_changelog)
-        )
+        buffer = self._buffers.get(partition)
+        if buffer is None:
+            buffer = self._buffers[partition] = ChangelogBuffer(
+                coalesce=self.manager.coalesce_changelog
+            )
         buffer.add(key, ChangelogWrite(value, source))
 
     # -- commit cycle (called by the manager) ---------------------------------------------

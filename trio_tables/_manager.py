@@ -128,6 +128,7 @@ class TableManager:
         self._table_started: dict[str, trio.Event] = {}
         self._table_ready: dict[str, trio.Event] = {}
         self._changelogs_ready: set[str] = set()
+        self._changelog_locks: dict[str, trio.Lock] = {}
         self._streams: dict[str, Stream] = {}
         self._partition_count: int | None = None
 
@@ -243,7 +244,7 @@ class TableManager:
         channel = await self._nursery.start(run_table, table, self._transport)
         self._table_channels[table.name] = channel
         if self._partition_count is not None:
-            await self._ensure_changelog(table)
+            await self._ensure_changelog(table, self._partition_count)
         self._table_started[table.name].set()
         if self._ready:
             await self._recover_new_table(table)
@@ -277,12 +278,17 @@ class TableManager:
                         stream.set_ready(tp.partition)
             self._recovery_changed()
 
-    async def _ensure_changelog(self, table: Collection) -> None:
+    async def _ensure_changelog(self, table: Collection, count: int) -> None:
+        """Create the table's changelog with ``count`` partitions, or check that it has
+        them. Concurrent calls for one table (a stream opening while the table starts)
+        run one after the other; the second finds the work done."""
         assert self._transport is not None
-        assert self._partition_count is not None
-        if table.name in self._changelogs_ready:
-            return
-        count = self._partition_count
+        async with self._changelog_locks.setdefault(table.name, trio.Lock()):
+            if table.name not in self._changelogs_ready:
+                await self._create_changelog(table, count)
+
+    async def _create_changelog(self, table: Collection, count: int) -> None:
+        assert self._transport is not None
         if table.partitions is not None and table.partitions != count:
             raise PartitionCountMismatch(
                 table.changelog_topic_name,
@@ -338,17 +344,20 @@ class TableManager:
         if topic in self._streams:
             raise ValueError(f"topic {topic!r} already has a stream in this manager")
         description = await self._transport.describe_topic(topic)
-        if self._partition_count is None:
-            self._partition_count = description.partitions
-        elif description.partitions != self._partition_count:
+        count = description.partitions
+        if self._partition_count is not None and count != self._partition_count:
             raise PartitionCountMismatch(
                 topic,
                 expected=self._partition_count,
-                actual=description.partitions,
+                actual=count,
                 reason="all source topics of an app must have the same partition count",
             )
-        for table in self.tables.values():
-            await self._ensure_changelog(table)
+        # The partition count becomes the app's only once every changelog agrees with it
+        # (a table started meanwhile sees no count and is checked by this loop instead).
+        while pending := [t for t in self.tables.values() if t.name not in self._changelogs_ready]:
+            for table in pending:
+                await self._ensure_changelog(table, count)
+        self._partition_count = count
         stream = Stream(
             self,
             topic,
@@ -473,9 +482,15 @@ class TableManager:
                     await self._serve_commit_requests(consumer)
                     await self._flow_control(consumer)
                     batch = await consumer.poll(timeout=self.poll_timeout)
+                    assigned = self._supervisor.assigned
                     for tp, records in batch.items():
                         stream = self._streams.get(tp.topic)
                         if stream is None or stream.closed or not records:
+                            continue
+                        if tp not in assigned:
+                            # Revoked while the poll ran: these records are the next
+                            # owner's; buffered here they would be processed twice if
+                            # the partition came back later.
                             continue
                         stream.feed(tp.partition, list(records))
                         if stream.buffered(tp.partition) >= stream.buffer_size:

@@ -19,6 +19,7 @@ from .workers import (
     SETTINGS,
     Worker,
     merge_dumps,
+    printing_worker_logs_on_failure,
     produce,
     scratch_dir,
     wait_caught_up,
@@ -51,21 +52,21 @@ async def test_word_count_scales_from_one_to_three_workers_and_back(
         produced.extend(batch)
         await produce(kafka_broker, topic, batch)
 
-    with trio.fail_after(300):
+    with printing_worker_logs_on_failure(), trio.fail_after(300):
         async with trio.open_nursery() as nursery:
             w1, w2, w3 = worker("w1"), worker("w2"), worker("w3")
             await feed(1500, 1)
             await w1.start(nursery)
-            await wait_caught_up(kafka_broker, app, topic, PARTITIONS)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w1])
 
             await w2.start(nursery)
             await feed(1500, 2)
-            await wait_caught_up(kafka_broker, app, topic, PARTITIONS)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w1, w2])
             await w2.wait_for_line("ACTIVE [")  # w2 holds partitions now
 
             await w3.start(nursery)
             await feed(1500, 3)
-            await wait_caught_up(kafka_broker, app, topic, PARTITIONS)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w1, w2, w3])
             # Let the group settle first: Tansu keeps electing a leader that left in the
             # middle of a rebalance, which stalls the group (a broker bug, see notes).
             await w3.wait_for_line("ACTIVE [")
@@ -73,7 +74,7 @@ async def test_word_count_scales_from_one_to_three_workers_and_back(
             w1.terminate()  # leaves: its partitions move to w2 and w3
             await w1.wait_stopped()
             await feed(1500, 4)
-            await wait_caught_up(kafka_broker, app, topic, PARTITIONS)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w2, w3])
 
             w2.terminate()
             w3.terminate()
@@ -111,7 +112,7 @@ async def test_kill_9_at_commit_recovery_and_random_points_keeps_the_table_exact
         return Worker("crashy", broker=kafka_broker, app=app, topic=topic, workdir=workdir,
                       store=store, kill_point=kill_point)
 
-    with trio.fail_after(300):
+    with printing_worker_logs_on_failure(), trio.fail_after(300):
         async with trio.open_nursery() as nursery:
             stop_feeding = trio.Event()
             nursery.start_soon(keep_feeding, stop_feeding)
@@ -144,7 +145,7 @@ async def test_kill_9_at_commit_recovery_and_random_points_keeps_the_table_exact
             stop_feeding.set()
             w = worker()
             await w.start(nursery)
-            await wait_caught_up(kafka_broker, app, topic, PARTITIONS)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w])
             w.terminate()
             final = await w.wait_stopped()
 

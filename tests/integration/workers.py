@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,23 @@ from trio_tables._transport._base import TP, OutgoingRecord
 
 APP = Path(__file__).parent / "apps" / "counter_app.py"
 SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+STARTED: list[Worker] = []
+"""Every worker created in this test process (their logs are printed when a test fails)."""
+
+
+@contextlib.contextmanager
+def printing_worker_logs_on_failure() -> Iterator[None]:
+    """Print the log tail of every worker created in the block if the block fails."""
+    first = len(STARTED)
+    try:
+        yield
+    except BaseException:
+        for worker in STARTED[first:]:
+            print(f"----- {worker.name} (exit {worker.returncode()}) -----")
+            print(worker.log_tail(200))
+        raise
 
 
 class Worker:
@@ -50,6 +68,7 @@ class Worker:
         self.lines: list[str] = []
         self._changed = trio.Event()
         self.process: trio.Process | None = None
+        STARTED.append(self)
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.dump_path.unlink(missing_ok=True)
@@ -87,8 +106,19 @@ class Worker:
             with trio.move_on_after(1):  # re-check the exit status now and then
                 await self._changed.wait()
 
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def check_alive(self) -> None:
+        """Fail at once, with the log, if the worker exited."""
+        code = self.returncode()
+        if code is not None:
+            raise AssertionError(f"{self.name} exited with {code}:\n{self.log_tail()}")
 
     async def kill(self) -> None:
         """``kill -9``."""
@@ -140,11 +170,16 @@ async def end_offsets(broker: Any, topic: str, partitions: int) -> dict[int, int
     return {tp.partition: offset for tp, offset in ends.items()}
 
 
-async def wait_caught_up(broker: Any, group: str, topic: str, partitions: int) -> None:
+async def wait_caught_up(
+    broker: Any, group: str, topic: str, partitions: int, workers: Sequence[Worker] = ()
+) -> None:
     """Wait until the group committed every record of ``topic`` (the workers processed
-    them, and their table changes are in the changelog and the stores)."""
+    them, and their table changes are in the changelog and the stores); fails at once if
+    one of ``workers`` exits meanwhile."""
     ends = await end_offsets(broker, topic, partitions)
-    while await committed_offsets(broker, group, topic, partitions) != ends:  # noqa: ASYNC110
+    while await committed_offsets(broker, group, topic, partitions) != ends:
+        for worker in workers:
+            worker.check_alive()
         await trio.sleep(0.2)  # another process's progress can only be polled
 
 

@@ -272,6 +272,7 @@ class KafkaTransport:
                 probe,
                 listener=listener,
                 nursery=nursery,
+                reset_to_latest=auto_offset_reset == "latest",
             )
             try:
                 await consumer._owner.run(

@@ -130,7 +130,9 @@ class _KafkaFetching:
         box: list[Batch] = []
 
         def work() -> None:
-            box.append(_poll_and_convert(self._consumer, int(timeout * 1000), max_records))
+            batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
+            self._fix_positions(batch)
+            box.append(batch)
 
         try:
             await self._owner.run(work)
@@ -144,6 +146,9 @@ class _KafkaFetching:
             raise
         self._after_poll()
         return box[0]
+
+    def _fix_positions(self, batch: Batch) -> None:
+        """Hook for the group consumer, run on the worker thread right after a poll."""
 
     def _after_poll(self) -> None:
         """Hook for the group consumer (surfaces listener errors)."""
@@ -249,9 +254,15 @@ class KafkaGroupConsumer(_KafkaFetching):
         *,
         listener: RebalanceListener,
         nursery: trio.Nursery,
+        reset_to_latest: bool = False,
     ) -> None:
         super().__init__(owner, consumer, probe)
         self._listener = listener
+        self._reset_to_latest = reset_to_latest
+        # Partitions assigned during the current poll: where they start is checked
+        # after it (see _fix_positions). For a "latest" reset, the true end offset at
+        # assignment, else None.
+        self._fresh: dict[TP, int | None] = {}
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
         self._assignment: frozenset[TP] = frozenset()
@@ -289,6 +300,10 @@ class KafkaGroupConsumer(_KafkaFetching):
                 result = await self._listener.on_partitions_revoked(tps)
             elif kind == "assigned":
                 self._assignment |= tps
+                if self._reset_to_latest and tps:
+                    self._fresh.update(await self._probe.end_offsets(tps))
+                else:
+                    self._fresh.update(dict.fromkeys(tps))
                 await self._listener.on_partitions_assigned(tps)
             else:
                 self._assignment -= tps
@@ -299,6 +314,49 @@ class KafkaGroupConsumer(_KafkaFetching):
             result = None
         finally:
             resolve_on_io_loop(self._consumer, future, result)
+
+    def _fix_positions(self, batch: Batch) -> None:
+        """Make a poll that completed a rebalance start each newly assigned partition
+        where the group says, as the Java client does.
+
+        kafka-python deviates in two ways that would duplicate work: under the eager
+        protocol it keeps a partition's old fetch position when the partition comes back
+        (another member may have moved it on meanwhile), and after a failed SyncGroup it
+        returns records of partitions the listener was told are revoked. And a "latest"
+        reset uses ListOffsets, which some brokers answer too low (BROKER.md).
+        """
+        owned = self._assignment
+        for tp in [tp for tp in batch if tp not in owned]:
+            del batch[tp]
+        fresh, self._fresh = self._fresh, {}
+        if not fresh:
+            return
+        consumer = self._consumer
+        assigned = consumer.assignment()
+        starts: dict[TP, int] = {}
+        uncommitted: list[TP] = []
+        for tp, floor in fresh.items():
+            ktp = to_kafka_tp(tp)
+            if ktp not in assigned:
+                continue
+            committed = consumer.committed(ktp)
+            if committed is not None:
+                starts[tp] = committed
+            elif floor is not None:
+                starts[tp] = floor
+            else:
+                uncommitted.append(tp)
+        if uncommitted:
+            ktps = [to_kafka_tp(tp) for tp in uncommitted]
+            beginnings = consumer.beginning_offsets(ktps)
+            for tp, ktp in zip(uncommitted, ktps, strict=True):
+                starts[tp] = beginnings[ktp]
+        for tp, start in starts.items():
+            records = batch.get(tp)
+            if records and records[0].offset == start:
+                continue  # fetched from the right place
+            batch.pop(tp, None)
+            consumer.seek(to_kafka_tp(tp), start)
 
     def _after_poll(self) -> None:
         if self._listener_errors:

@@ -101,9 +101,15 @@ async def main(args: argparse.Namespace) -> None:
 
                 nursery.start_soon(report)
 
+                trace = os.environ.get("COUNTER_APP_TRACE")  # write <dump>.trace
+                trace_file = open(f"{args.dump}.trace", "w") if trace else None  # noqa: SIM115, ASYNC230
+
                 async def process() -> None:
                     async for event in events:
                         counts[event.key] += 1
+                        if trace_file is not None:
+                            # Which events this worker processed (debugging aid).
+                            trace_file.write(f"{event.partition} {event.offset} {event.key}\n")
 
                 async with trio.open_nursery() as processing:
                     processing.start_soon(process)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import errors
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
-from ._table import Collection, Table
+from ._table import Collection, GlobalTable, Table
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 
@@ -13,6 +13,7 @@ __all__ = [
     "TP",
     "Collection",
     "Event",
+    "GlobalTable",
     "Record",
     "RecordMetadata",
     "Stream",

@@ -65,9 +65,7 @@ def check_type(value: Any, type_: type | None) -> None:
         isinstance(value, type_) or (type_ is float and isinstance(value, int))
     ):
         return
-    raise TypeError(
-        f"expected {_type_name(type_)}, got {type(value).__qualname__}: {value!r}"
-    )
+    raise TypeError(f"expected {_type_name(type_)}, got {type(value).__qualname__}: {value!r}")
 
 
 def _to_jsonable(value: Any) -> Any:

@@ -29,14 +29,15 @@ from typing import Any, Literal
 
 import trio
 
+from ._assignor import KeyMetadata, TablesAssignor
 from ._codecs import JsonCodec, RawCodec, resolve_codec
 from ._rebalance import Assignment, RebalanceSupervisor
-from ._recovery import run_table
+from ._recovery import TableMessage, run_table
 from ._stream import DecodeErrorPolicy, Stream, current_event
-from ._table import Collection, RecoveryRequest, Table
+from ._table import Collection, GlobalTable, RecoveryRequest, StandbyUpdate, Table
 from ._transport import open_transport
 from ._transport._base import TP, Delivery, GroupConsumer, Producer, RebalanceProtocol, Transport
-from .errors import CommitFailed, PartitionCountMismatch
+from .errors import CommitFailed, PartitionCountMismatch, UnknownTopic
 
 __all__ = ["TableManager"]
 
@@ -93,6 +94,7 @@ class TableManager:
         event_grace: float = 0.5,
         shutdown_timeout: float = 60.0,
         poll_timeout: float = 0.1,
+        advertised_host: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         if processing_guarantee not in ("at_least_once", "exactly_once"):
@@ -124,7 +126,7 @@ class TableManager:
         self.logger = logger
 
         self.tables: dict[str, Collection] = {}
-        self._table_channels: dict[str, trio.MemorySendChannel[RecoveryRequest]] = {}
+        self._table_channels: dict[str, trio.MemorySendChannel[TableMessage]] = {}
         self._table_started: dict[str, trio.Event] = {}
         self._table_ready: dict[str, trio.Event] = {}
         self._changelogs_ready: set[str] = set()
@@ -144,10 +146,14 @@ class TableManager:
         self._recovery_event = trio.Event()
         self._failing = False
 
+        self.advertised_host = advertised_host
+        self._assignor = TablesAssignor(standby_replicas=standby_replicas, host=advertised_host)
+        self._assignor.freshness = self._freshness
+        self._standbys: frozenset[int] = frozenset()
         self._supervisor = RebalanceSupervisor(self)
-        self._assignments_send, self._assignments_receive = trio.open_memory_channel[
-            Assignment
-        ](math.inf)
+        self._assignments_send, self._assignments_receive = trio.open_memory_channel[Assignment](
+            math.inf
+        )
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
@@ -226,6 +232,12 @@ class TableManager:
         self.add(table)
         return table
 
+    def GlobalTable(self, name: str, **kwargs: Any) -> GlobalTable:
+        """Create and register a :class:`GlobalTable` (every partition on every worker)."""
+        table = GlobalTable(self, name, **kwargs)
+        self.add(table)
+        return table
+
     def add(self, table: Collection) -> Collection:
         """Register ``table``. While the manager runs, the table starts at once and is
         recovered for the partitions this worker owns, without a group rebalance."""
@@ -241,14 +253,40 @@ class TableManager:
     async def _start_table(self, table: Collection) -> None:
         assert self._nursery is not None
         assert self._transport is not None
-        channel = await self._nursery.start(run_table, table, self._transport)
+        channel = await self._nursery.start(
+            run_table, table, self._transport, self._committed_sources, self.commit_interval
+        )
         self._table_channels[table.name] = channel
+        if table.is_global:
+            await self._start_global_table(table, channel)
+            self._table_started[table.name].set()
+            self._table_ready[table.name].set()
+            return
+        if self._standbys:
+            channel.send_nowait(StandbyUpdate(self._standbys))
         if self._partition_count is not None:
             await self._ensure_changelog(table, self._partition_count)
         self._table_started[table.name].set()
         if self._ready:
             await self._recover_new_table(table)
         self._table_ready[table.name].set()
+
+    async def _start_global_table(
+        self, table: Collection, channel: trio.MemorySendChannel[TableMessage]
+    ) -> None:
+        """A global table tails every partition of its changelog from now on."""
+        assert self._transport is not None
+        count = table.partitions
+        if count is None:
+            try:
+                topic = await self._transport.describe_topic(table.changelog_topic_name)
+                count = topic.partitions
+            except UnknownTopic:
+                count = self._partition_count or 1
+        await self._ensure_changelog(table, count)
+        assert isinstance(table, GlobalTable)
+        table.open_all_partitions(count)
+        channel.send_nowait(StandbyUpdate(frozenset(range(count))))
 
     async def _recover_new_table(self, table: Collection) -> None:
         """Recover a table added while partitions are being processed. Those partitions
@@ -314,7 +352,9 @@ class TableManager:
 
     async def _table_entered(self, table: Collection) -> None:
         await self._table_ready[table.name].wait()
-        if current_event.get() is None:
+        if table.is_global:
+            await table.wait_caught_up()
+        elif current_event.get() is None:
             await self.wait_until_recovered()
 
     # -- streams ------------------------------------------------------------------------
@@ -354,7 +394,11 @@ class TableManager:
             )
         # The partition count becomes the app's only once every changelog agrees with it
         # (a table started meanwhile sees no count and is checked by this loop instead).
-        while pending := [t for t in self.tables.values() if t.name not in self._changelogs_ready]:
+        while pending := [
+            t
+            for t in self.tables.values()
+            if not t.is_global and t.name not in self._changelogs_ready
+        ]:
             for table in pending:
                 await self._ensure_changelog(table, count)
         self._partition_count = count
@@ -430,11 +474,15 @@ class TableManager:
         sent raw, other keys and all non-bytes values as JSON. The next commit waits for
         its acknowledgement. Cancelled while waiting for room: nothing was sent."""
         assert self._producer is not None, "use send() inside `async with manager`"
-        key_bytes = None if key is None else (
-            RawCodec().encode(key) if isinstance(key, (bytes, str)) else JsonCodec().encode(key)
+        key_bytes = (
+            None
+            if key is None
+            else (
+                RawCodec().encode(key) if isinstance(key, (bytes, str)) else JsonCodec().encode(key)
+            )
         )
-        value_bytes = value if isinstance(value, bytes) or value is None else JsonCodec().encode(
-            value
+        value_bytes = (
+            value if isinstance(value, bytes) or value is None else JsonCodec().encode(value)
         )
         return await self._producer.send(
             topic, value_bytes, key=key_bytes, partition=partition, headers=headers
@@ -474,6 +522,7 @@ class TableManager:
                 self.app_id,
                 sorted(topics),
                 listener=self._supervisor,
+                assignors=[self._assignor],
                 rebalance_protocol=self.rebalance_protocol,
             ) as consumer:
                 self._consumer = consumer
@@ -608,9 +657,7 @@ class TableManager:
         sources: dict[int, dict[str, int]] = {}
         for tp, offset in snapshot.items():
             sources.setdefault(tp.partition, {})[tp.topic] = offset
-        changed_sources = {
-            p: s for p, s in sources.items() if self._persisted_sources.get(p) != s
-        }
+        changed_sources = {p: s for p, s in sources.items() if self._persisted_sources.get(p) != s}
         for table in self.tables.values():
             args = (last_offsets.get(table.name, {}), changed_sources)
             if table.data.persistent:
@@ -631,9 +678,7 @@ class TableManager:
         try:
             if commit and not self._stopping_on_error():
                 async with self._commit_lock:
-                    snapshot, busy = await self._commit_cycle(
-                        releasing, grace=self.revoke_timeout
-                    )
+                    snapshot, busy = await self._commit_cycle(releasing, grace=self.revoke_timeout)
                 # An event still in process after revoke_timeout: its partition's changes
                 # are dropped and the new owner processes the event again.
                 for table in self.tables.values():
@@ -688,7 +733,11 @@ class TableManager:
                         self._committed[tp] = offset
                 partitions = assignment.partitions
                 done: set[str] = set()
-                while missing := [name for name in self.tables if name not in done]:
+                while missing := [
+                    name
+                    for name, table in self.tables.items()
+                    if not table.is_global and name not in done
+                ]:
                     # A table added meanwhile is recovered for these partitions too.
                     await self.wait_until_tables_registered()
                     requests = []
@@ -712,6 +761,64 @@ class TableManager:
             self._supervisor.assignment_done(assignment)
             self._recovery_changed()
 
+    # -- standbys and the group layout --------------------------------------------------
+    def _freshness(self) -> dict[int, int]:
+        """Per partition, how much of it the stores hold (reported to the group leader,
+        which prefers the freshest member when a partition moves). Runs on
+        kafka-python's IO thread: it only copies dicts."""
+        fresh: dict[int, int] = {}
+        for table in list(self.tables.values()):
+            if table.is_global:
+                continue
+            for partition, offset in dict(table.local_offsets).items():
+                fresh[partition] = fresh.get(partition, 0) + offset + 1
+        return fresh
+
+    def _update_standbys(self) -> None:
+        """After an assignment: tell every table which partitions to keep warm (the
+        assignor's standbys that are not active here). Sent before the recovery requests
+        of the assignment, so a promoted standby is released first."""
+        active = {tp.partition for tp in self._supervisor.assigned}
+        standbys = self._assignor.view.standbys - active
+        if standbys == self._standbys:
+            return
+        self._standbys = standbys
+        logger.info("%s: standby partitions %s", self.app_id, sorted(standbys))
+        for name, channel in self._table_channels.items():
+            if not self.tables[name].is_global:
+                channel.send_nowait(StandbyUpdate(standbys))
+
+    async def _committed_sources(self, partitions: frozenset[int]) -> dict[TP, int | None] | None:
+        """The group's committed offsets of every source partition numbered in
+        ``partitions`` (``None`` when not in the group: standbys then wait)."""
+        consumer = self._consumer
+        if consumer is None or not self._group_topics or not partitions:
+            return None
+        tps = [TP(topic, p) for topic in sorted(self._group_topics) for p in sorted(partitions)]
+        try:
+            return await consumer.committed(tps)
+        except Exception as exc:  # the group is being left or re-joined: ask again later
+            logger.debug("%s: committed offsets unavailable: %r", self.app_id, exc)
+            return None
+
+    @property
+    def standby_partitions(self) -> frozenset[int]:
+        """Partition numbers this worker keeps warm copies of."""
+        return self._standbys
+
+    def metadata_for_key(self, table: str | Collection, key: Any) -> KeyMetadata:
+        """Which member serves ``key`` of ``table`` (by the key's partition under Kafka's
+        default partitioner), as of the latest assignment: the advertised host of its
+        owner and of the members holding standbys (``advertised_host=`` setting)."""
+        collection = self.tables[table] if isinstance(table, str) else table
+        partition = collection.partition_for_key(key)
+        view = self._assignor.view
+        return KeyMetadata(
+            partition,
+            view.active_hosts.get(partition),
+            tuple(view.standby_hosts.get(partition, ())),
+        )
+
     def _activate(self, partitions: frozenset[int], tps: frozenset[TP]) -> None:
         for table in self.tables.values():
             table.activate(partitions)
@@ -734,9 +841,15 @@ class TableManager:
 
     async def wait_until_recovered(self) -> None:
         """Wait until this worker has its first assignment and every assigned partition is
-        recovered by every table (returns at once when no stream was opened)."""
+        recovered by every table (at once when no stream was opened), and every global
+        table has read up to the end offsets seen when it started.
+        Cancellation: safe, nothing is waiting on the caller."""
         while not (self._group_done is None or self._fully_recovered()):
             await self._recovery_event.wait()
+        for table in list(self.tables.values()):
+            if table.is_global:
+                await self._table_ready[table.name].wait()
+                await table.wait_caught_up()
 
     async def wait_until_recovery_completed(self) -> None:
         """Faust's name for :meth:`wait_until_recovered`."""

@@ -89,8 +89,11 @@ class RebalanceSupervisor:
         self.assigned |= assigned
         logger.info(
             "%s: assigned %s (generation %d)",
-            self._manager.app_id, sorted(str(tp) for tp in assigned), self.generation,
+            self._manager.app_id,
+            sorted(str(tp) for tp in assigned),
+            self.generation,
         )
+        self._manager._update_standbys()
         if assigned:
             self._queue(assigned)
         self.assignment_seen.set()
@@ -109,7 +112,8 @@ class RebalanceSupervisor:
     async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
         logger.warning(
             "%s: lost %s (evicted from the group): their uncommitted changes are discarded",
-            self._manager.app_id, sorted(str(tp) for tp in lost),
+            self._manager.app_id,
+            sorted(str(tp) for tp in lost),
         )
         partitions = frozenset(tp.partition for tp in lost)
         self._cancel_pending(partitions)

@@ -1,66 +1,241 @@
-"""Each table's own nursery and its recovery task.
+"""Each table's own nursery: its recovery task and its changelog consumer task.
 
-The manager sends :class:`~._table.RecoveryRequest` s ("restore these partitions, for
-this assignment") over a memory channel; the recovery task handles them one at a time
-with the table's group-less restore consumer. A request's cancel scope belongs to the
-manager: revoking a partition while it is being restored cancels the request, and the
-task goes on with the next one.
+::
+
+    table nursery
+    ├── recovery task         receives RecoveryRequest / StandbyUpdate messages from the
+    │                         manager; restores active partitions with its own group-less
+    │                         restore consumer; forwards standby sets to the tailer and
+    │                         waits until the tailer let go of partitions being promoted
+    └── changelog consumer    tails the standby partitions (every partition of a
+                              GlobalTable) with a second group-less consumer and applies
+                              records as they arrive
+
+A request's cancel scope belongs to the manager: revoking a partition while it is being
+restored cancels the request, and the task goes on with the next one.
+
+Standby copies must never hold the effect of an event that will be processed again (the
+promoted copy would count it twice). The tailer therefore applies a partition's records
+only up to the first one caused by an event at or past the group's committed offset
+(the source-offset header); the rest wait in memory until a later commit covers them.
+On promotion they are dropped and the recovery replays them from the store's offset:
+only the lag.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import trio
 
-from ._table import Collection, RecoveryRequest
-from ._transport._base import Transport
+from ._changelog import caused_by_uncommitted_event
+from ._table import Collection, RecoveryRequest, StandbyUpdate
+from ._transport._base import TP, Record, RestoreConsumer, Transport
 
-__all__ = ["run_table"]
+__all__ = ["CommittedOffsets", "TableMessage", "run_table"]
 
 logger = logging.getLogger("trio_tables.recovery")
+
+TableMessage = RecoveryRequest | StandbyUpdate
+
+CommittedOffsets = Callable[[frozenset[int]], Awaitable[Mapping[TP, int | None] | None]]
+"""The group's committed source offsets for some partition numbers (``None``: unknown
+now, for instance while this worker is not in the group)."""
 
 
 async def run_table(
     table: Collection,
     transport: Transport,
+    committed_offsets: CommittedOffsets,
+    refresh_interval: float,
     *,
-    task_status: trio.TaskStatus[
-        trio.MemorySendChannel[RecoveryRequest]
-    ] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[trio.MemorySendChannel[TableMessage]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The table's nursery. Started by the manager; ``task_status.started`` hands back the
-    channel for recovery requests once the restore consumer is connected. Runs until
-    cancelled (or until the request channel is closed)."""
-    # Unbounded: requests are few (one per assignment change) and the manager must never
-    # block on sending one while it holds the rebalance in progress.
-    send, receive = trio.open_memory_channel[RecoveryRequest](math.inf)
+    channel for messages once both consumers are connected. Runs until cancelled (or
+    until the message channel is closed)."""
+    # Unbounded: messages are few (one per assignment change) and the manager must never
+    # block on sending one while it holds a rebalance in progress.
+    send, receive = trio.open_memory_channel[TableMessage](math.inf)
+    to_tailer, from_recovery = trio.open_memory_channel[StandbyUpdate](math.inf)
+    tailer = _Tailer(table, committed_offsets, refresh_interval)
     async with trio.open_nursery() as nursery:
-        await nursery.start(_recovery_task, table, transport, receive)
+        await nursery.start(tailer.run, transport, from_recovery)
+        await nursery.start(_recovery_task, table, transport, receive, to_tailer)
         task_status.started(send)
 
 
 async def _recovery_task(
     table: Collection,
     transport: Transport,
-    requests: trio.MemoryReceiveChannel[RecoveryRequest],
+    messages: trio.MemoryReceiveChannel[TableMessage],
+    to_tailer: trio.MemorySendChannel[StandbyUpdate],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with transport.open_restore_consumer(
-        max_poll_records=max(table.recovery_buffer_size, 1)
-    ) as consumer, requests:
+    async with (
+        transport.open_restore_consumer(
+            max_poll_records=max(table.recovery_buffer_size, 1)
+        ) as consumer,
+        messages,
+        to_tailer,
+    ):
         task_status.started()
-        async for request in requests:
-            try:
-                with request.scope:
-                    await table.restore(consumer, request)
-                    request.completed = True
-            except Exception as exc:
-                logger.exception(
-                    "%s: recovery of %s failed", table.label, sorted(request.partitions)
+        async for message in messages:
+            if isinstance(message, StandbyUpdate):
+                # In order with the requests: a partition promoted by the next request
+                # is released by the tailer before it is restored.
+                await to_tailer.send(message)
+                await message.done.wait()
+                continue
+            await _recover(table, consumer, message)
+
+
+async def _recover(table: Collection, consumer: RestoreConsumer, request: RecoveryRequest) -> None:
+    try:
+        with request.scope:
+            await table.restore(consumer, request)
+            request.completed = True
+    except Exception as exc:
+        logger.exception("%s: recovery of %s failed", table.label, sorted(request.partitions))
+        request.error = exc
+    finally:
+        request.done.set()
+
+
+class _Tailer:
+    """The changelog consumer task: keeps standby partitions (or, for a global table,
+    every partition) up to date."""
+
+    def __init__(
+        self, table: Collection, committed_offsets: CommittedOffsets, refresh_interval: float
+    ) -> None:
+        self.table = table
+        self.topic = table.changelog_topic_name
+        self._committed_offsets = committed_offsets
+        self._refresh_interval = refresh_interval
+        self._next: dict[int, int] = {}
+        self._held: dict[int, list[Record]] = {}
+        self._committed: Mapping[TP, int | None] | None = None
+        self._committed_at = -math.inf
+        self.caught_up = table._tailer_caught_up
+        self._targets: dict[int, int] = {}
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._next)
+
+    async def run(
+        self,
+        transport: Transport,
+        updates: trio.MemoryReceiveChannel[StandbyUpdate],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with (
+            transport.open_restore_consumer(
+                max_poll_records=max(self.table.standby_buffer_size, 1)
+            ) as consumer,
+            updates,
+        ):
+            task_status.started()
+            while True:
+                try:
+                    if not self._next:
+                        update = await updates.receive()
+                    else:
+                        update = updates.receive_nowait()
+                except trio.WouldBlock:
+                    await self._step(consumer)
+                    continue
+                except trio.EndOfChannel:
+                    return
+                await self._change(consumer, update)
+
+    async def _change(self, consumer: RestoreConsumer, update: StandbyUpdate) -> None:
+        table = self.table
+        wanted = update.partitions
+        for partition in self.partitions - wanted:
+            del self._next[partition]
+            self._held.pop(partition, None)
+            table.standby_progress.pop(partition, None)
+        entering = sorted(wanted - self.partitions)
+        if entering:
+            tps = [TP(self.topic, p) for p in entering]
+            begin = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            for p, tp in zip(entering, tps, strict=True):
+                saved = table.local_offsets.get(p)
+                start = begin[tp] if saved is None else saved + 1
+                if saved is not None and not begin[tp] <= start <= end[tp]:
+                    table.logger.warning(
+                        "%s[%d]: saved changelog offset %d is outside the changelog "
+                        "[%d, %d): discarding the local copy and rebuilding it",
+                        table.name,
+                        p,
+                        saved,
+                        begin[tp],
+                        end[tp],
+                    )
+                    await table._run_store(table._reset_partition, p)
+                    start = begin[tp]
+                self._next[p] = start
+                self._targets[p] = end[tp]
+        await consumer.assign(TP(self.topic, p) for p in sorted(self._next))
+        for p, offset in self._next.items():
+            await consumer.seek(TP(self.topic, p), offset)
+        self._report()
+        update.done.set()
+
+    async def _step(self, consumer: RestoreConsumer) -> None:
+        batch = await consumer.poll(timeout=0.2)
+        for tp, records in batch.items():
+            if tp.partition in self._next and records:
+                self._held.setdefault(tp.partition, []).extend(records)
+                self._next[tp.partition] = records[-1].offset + 1
+        if any(self._held.values()):
+            await self._apply_confirmed()
+        self._report()
+
+    async def _apply_confirmed(self) -> None:
+        table = self.table
+        if table.is_global:
+            committed: Mapping[TP, int | None] | None = None  # every record counts
+        else:
+            committed = await self._fresh_committed()
+            if committed is None:
+                return
+        for partition, records in list(self._held.items()):
+            cut = _confirmed_prefix(records, committed)
+            if cut:
+                table.standby_applied += await table.apply_changelog_batch(
+                    partition, records[:cut], None
                 )
-                request.error = exc
-            finally:
-                request.done.set()
+                self._held[partition] = records[cut:]
+
+    async def _fresh_committed(self) -> Mapping[TP, int | None] | None:
+        now = trio.current_time()
+        if self._committed is None or now - self._committed_at >= self._refresh_interval:
+            self._committed = await self._committed_offsets(self.partitions)
+            self._committed_at = now
+        return self._committed
+
+    def _report(self) -> None:
+        progress = self.table.standby_progress
+        for p, offset in self._next.items():
+            progress[p] = (offset, len(self._held.get(p, ())))
+        if all(self._next[p] >= target for p, target in self._targets.items() if p in self._next):
+            self.caught_up.set()
+        self.table._notify_progress()
+
+
+def _confirmed_prefix(records: Iterable[Record], committed: Mapping[TP, int | None] | None) -> int:
+    """How many leading ``records`` were caused by events the group has committed."""
+    count = 0
+    for record in records:
+        if committed is not None and caused_by_uncommitted_event(record, committed):
+            break
+        count += 1
+    return count

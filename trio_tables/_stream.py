@@ -172,7 +172,12 @@ class Stream:
             self._decode_failed(record, "value", exc)
             return None
         return Event(
-            key, value, record.topic, record.partition, record.offset, record.timestamp,
+            key,
+            value,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
             record.headers,
         )
 
@@ -221,4 +226,3 @@ class Stream:
             self._current_done.set()
         self.closed = True
         self._changed.set()
-

@@ -314,3 +314,28 @@ async def test_reassigned_partition_resumes_from_the_group_commit(
             stop.set()
     assert [r.offset for r in again] == list(range(3, 10))
     assert [kind for kind, _ in listener.events][:3] == ["assigned", "revoked", "assigned"]
+
+
+async def test_resumed_partition_delivers_what_was_fetched_while_paused(
+    transport: Transport, names: Names
+) -> None:
+    """A partition paused with fetched records still unread, while the other partition
+    is read to exhaustion, delivers all of them once resumed (kafka-python 3 parks such
+    records and, without a fix, never hands them back)."""
+    topic = await names.topic(2)
+    a, b = TP(topic, 0), TP(topic, 1)
+    await _produce(transport, topic, 2, 400, "x")
+    async with transport.open_group_consumer(
+        names.group(), [topic], listener=RecordingListener(), max_poll_records=10
+    ) as consumer:
+        # Pause `a` right after a poll that returned only some of a fetched batch of it.
+        seen = await poll_until(consumer, lambda got: bool(got) and got[-1].tp == a)
+        await consumer.pause([a])
+        seen += await poll_until(
+            consumer, lambda got: len([r for r in seen + got if r.tp == b]) >= 200
+        )
+        await consumer.resume([a])
+        seen += await poll_until(consumer, lambda got: len(seen) + len(got) >= 400)
+    assert sorted((r.partition, r.offset) for r in seen) == [
+        (p, o) for p in (0, 1) for o in range(200)
+    ]

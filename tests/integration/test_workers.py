@@ -18,6 +18,7 @@ from trio_tables import open_transport
 from .workers import (
     SETTINGS,
     Worker,
+    end_offsets,
     merge_dumps,
     printing_worker_logs_on_failure,
     produce,
@@ -159,3 +160,58 @@ async def test_kill_9_at_commit_recovery_and_random_points_keeps_the_table_exact
     expected = Counter(produced)
     assert merge_dumps([final], PARTITIONS) == expected
     assert merge_dumps([rebuilt], PARTITIONS) == expected
+
+
+async def test_standby_takes_over_after_kill_9_replaying_only_its_lag(
+    kafka_broker: Any, unique_name: Any, tmp_path: Path
+) -> None:
+    topic, app = unique_name("words"), unique_name("standby")
+    await _topic(kafka_broker, topic)
+    workdir = scratch_dir(tmp_path, "standby")
+    produced: list[str] = []
+
+    def worker(name: str) -> Worker:
+        return Worker(name, broker=kafka_broker, app=app, topic=topic, workdir=workdir,
+                      standby_replicas=1)
+
+    async def feed(n: int, seed: int) -> None:
+        batch = words(n, seed)
+        produced.extend(batch)
+        await produce(kafka_broker, topic, batch)
+
+    with printing_worker_logs_on_failure(), trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            w1, w2 = worker("w1"), worker("w2")
+            await w1.start(nursery)
+            await feed(3000, 1)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w1])
+            await w2.start(nursery)
+            active_line = await w2.wait_for_line("ACTIVE [")
+            # w2 keeps warm copies of what w1 owns.
+            standby_line = await w2.wait_for_line("STANDBY [")
+            promoted = set(json.loads(standby_line.split(" ", 1)[1]))
+            assert promoted
+            assert not promoted & set(json.loads(active_line.split(" ", 1)[1]))
+            await feed(3000, 2)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w1, w2])
+            await w1.kill()  # kill -9 of the active owner of `promoted`
+            await w2.wait_for_line(f"ACTIVE {json.dumps(list(range(PARTITIONS)))}")
+            await feed(1000, 3)
+            await wait_caught_up(kafka_broker, app, topic, PARTITIONS, [w2])
+            changelog_ends = await end_offsets(kafka_broker, f"{app}-counts-changelog", PARTITIONS)
+            w2.terminate()
+            dump = await w2.wait_stopped()
+
+    assert merge_dumps([dump], PARTITIONS) == Counter(produced)
+    restores = [r for r in dump["restores"] if r[0] in promoted]
+    promotions = {p: (start, end, applied) for p, start, end, applied in restores}
+    print(f"promotions (start, end, applied): {promotions}; changelog ends {changelog_ends}")
+    assert set(promotions) == promoted
+    for start, end, applied in promotions.values():
+        # The promoted copy was warm: the restore began past the start of the changelog
+        # and replayed at most the records after the standby's last apply.
+        assert start > 0
+        assert applied <= end - start
+    replayed = sum(applied for _, _, applied in promotions.values())
+    total = sum(changelog_ends[p] for p in promoted)
+    assert replayed < total, "the promotion rebuilt the partitions from scratch"

@@ -54,6 +54,7 @@ class Worker:
         workdir: Path,
         store: str = "memory://",
         kill_point: str | None = None,
+        standby_replicas: int = 0,
     ) -> None:
         self.name = name
         self.dump_path = workdir / f"{name}.json"
@@ -65,6 +66,8 @@ class Worker:
         ]
         if kill_point:
             self.command += ["--kill-point", kill_point]
+        if standby_replicas:
+            self.command += ["--standby-replicas", str(standby_replicas)]
         self.lines: list[str] = []
         self._changed = trio.Event()
         self.process: trio.Process | None = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._collection import Collection, RecoveryRequest
+from ._collection import Collection, RecoveryRequest, StandbyUpdate
+from ._global import GlobalTable
 from ._table import Table
 
-__all__ = ["Collection", "RecoveryRequest", "Table"]
+__all__ = ["Collection", "GlobalTable", "RecoveryRequest", "StandbyUpdate", "Table"]

@@ -46,7 +46,7 @@ from ._callbacks import call_callback
 if TYPE_CHECKING:
     from .._manager import TableManager
 
-__all__ = ["TOMBSTONE", "Collection", "RecoveryRequest"]
+__all__ = ["TOMBSTONE", "Collection", "RecoveryRequest", "RestoreReport", "StandbyUpdate"]
 
 logger = logging.getLogger("trio_tables.table")
 
@@ -68,7 +68,7 @@ def _detached(value: Any) -> Any:
 
 @attrs.define(eq=False)
 class RecoveryRequest:
-    """"Restore these partitions" for one assignment, sent to a table's recovery task.
+    """ "Restore these partitions" for one assignment, sent to a table's recovery task.
 
     ``scope`` is cancelled by the manager when a partition of it is revoked first;
     ``done`` is set when the task is finished with the request (recovered, cancelled or
@@ -81,6 +81,27 @@ class RecoveryRequest:
     done: trio.Event = attrs.field(factory=trio.Event)
     completed: bool = False
     error: BaseException | None = None
+
+
+@attrs.frozen
+class RestoreReport:
+    """One partition's restore: replayed the changelog from ``start`` to ``end``
+    (exclusive), applying ``applied`` records (the others were skipped)."""
+
+    partition: int
+    start: int
+    end: int
+    applied: int
+
+
+@attrs.define(eq=False)
+class StandbyUpdate:
+    """ "Keep these partitions warm from now on" (the whole set, not a change), sent to a
+    table's nursery; ``done`` is set once its changelog consumer tails exactly them
+    (partitions that left the set are no longer touched by it)."""
+
+    partitions: frozenset[int]
+    done: trio.Event = attrs.field(factory=trio.Event)
 
 
 class Collection:
@@ -128,9 +149,7 @@ class Collection:
         self.options = dict(options or {})
         self.last_closed_window = 0.0
         self._on_window_close = on_window_close
-        self._changelog_topic_name = changelog_topic or changelog_topic_name(
-            manager.app_id, name
-        )
+        self._changelog_topic_name = changelog_topic or changelog_topic_name(manager.app_id, name)
         self.key_codec: Codec = resolve_codec(key_serializer, key_type, default="json")
         self.value_codec: Codec = resolve_codec(value_serializer, value_type, default="json")
         self.store_url = store or manager.store_url
@@ -154,7 +173,22 @@ class Collection:
         )
         # partition -> (position, target) of the restore in progress or last done.
         self.recovery_progress: dict[int, tuple[int, int]] = {}
+        # partition -> (next offset, records held back) of the standby copies tailed.
+        self.standby_progress: dict[int, tuple[int, int]] = {}
+        self._progress_event = trio.Event()
+        # Set by the changelog consumer task when it has read up to the end offsets seen
+        # when it started tailing (what entering a global table waits for).
+        self._tailer_caught_up = trio.Event()
+        # partition -> last changelog offset in the store (what the store says, cached
+        # so that the assignor's freshness report costs no store read).
+        self.local_offsets: dict[int, int] = {
+            p: offset
+            for p in self.data.partitions()
+            if (offset := self.data.persisted_offset(p)) is not None
+        }
         self.replayed = 0  # changelog records applied by recovery, since start
+        self.standby_applied = 0  # changelog records applied by tailing, since start
+        self.restores: list[RestoreReport] = []  # every restore done, oldest first
 
     # -- names --------------------------------------------------------------------------
     @property
@@ -346,6 +380,8 @@ class Collection:
                 offset,
                 source_offsets=sources,
             )
+            if offset is not None:
+                self.local_offsets[partition] = offset
         self._persisting.clear()
 
     def discard_uncommitted(self, partitions: set[int] | frozenset[int]) -> None:
@@ -375,6 +411,7 @@ class Collection:
         recovery)."""
         for partition in self.data.partitions():
             self.data.reset_partition(partition)
+        self.local_offsets.clear()
         self._overlay.clear()
         self._persisting.clear()
         self._buffers.clear()
@@ -399,9 +436,13 @@ class Collection:
                 self.logger.warning(
                     "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
                     "discarding local state and rebuilding from the changelog",
-                    self.name, p, saved, begin[tp], end[tp],
+                    self.name,
+                    p,
+                    saved,
+                    begin[tp],
+                    end[tp],
                 )
-                await self._run_store(self.data.reset_partition, p)
+                await self._run_store(self._reset_partition, p)
                 start = begin[tp]
             self.recovery_progress[p] = (start, end[tp])
             if start < end[tp]:
@@ -409,25 +450,33 @@ class Collection:
         if todo:
             self.logger.info(
                 "%s: restoring %d records from %s",
-                self.name, sum(end[tp] - start for tp, start in todo.items()), topic,
+                self.name,
+                sum(end[tp] - start for tp, start in todo.items()),
+                topic,
             )
             await consumer.assign(todo)
             for tp, start in todo.items():
                 await consumer.seek(tp, start)
         remaining = dict(todo)
+        applied = dict.fromkeys(tps, 0)
         while remaining:
             batch = await consumer.poll(timeout=0.2)
             for tp, records in batch.items():
                 if tp in remaining and records:
-                    await self._apply_restored(tp.partition, records, request.committed,
-                                               sources[tp.partition])
+                    applied[tp.partition] += await self._apply_restored(
+                        tp.partition, records, request.committed, sources[tp.partition]
+                    )
             for tp in list(remaining):
                 position = await consumer.position(tp)
                 self.recovery_progress[tp.partition] = (position, end[tp])
+                self._notify_progress()
                 if position >= end[tp]:
                     del remaining[tp]
         if todo:
             await consumer.assign(())
+        for p, tp in tps.items():
+            start = todo.get(tp, end[tp])
+            self.restores.append(RestoreReport(p, start, end[tp], applied[p]))
         for p in tps:
             # Record the source offsets this state is consistent with, even if no record
             # was replayed (so a later commit check compares with the right numbers).
@@ -457,33 +506,74 @@ class Collection:
                 "%s[%d]: local state includes events past the group's committed offsets %s "
                 "(the worker stopped between persisting and committing): rebuilding this "
                 "partition from the changelog",
-                self.name, partition, ahead,
+                self.name,
+                partition,
+                ahead,
             )
-            self.data.reset_partition(partition)
+            self._reset_partition(partition)
+
+    def _notify_progress(self) -> None:
+        self._progress_event.set()
+        self._progress_event = trio.Event()
+
+    async def wait_progress(self) -> None:
+        """Wait until the next change of :attr:`recovery_progress` or
+        :attr:`standby_progress` (for progress displays and tests)."""
+        await self._progress_event.wait()
+
+    async def wait_caught_up(self) -> None:
+        """Wait until the changelog consumer task has read up to the end offsets it saw
+        when it started tailing (for a global table: every partition)."""
+        await self._tailer_caught_up.wait()
+
+    def _reset_partition(self, partition: int) -> None:
+        self.data.reset_partition(partition)
+        self.local_offsets.pop(partition, None)
 
     async def _apply_restored(
         self,
         partition: int,
         records: list[Record] | Any,
         committed: Mapping[TP, int | None],
-        sources: Mapping[str, int],
-    ) -> None:
+        sources: Mapping[str, int] | None,
+    ) -> int:
+        count = await self.apply_changelog_batch(partition, records, committed, sources=sources)
+        self.replayed += count
+        return count
+
+    async def apply_changelog_batch(
+        self,
+        partition: int,
+        records: list[Record] | Any,
+        committed: Mapping[TP, int | None] | None = None,
+        *,
+        sources: Mapping[str, int] | None = None,
+    ) -> int:
+        """Apply changelog ``records`` of ``partition`` (in offset order) to the store,
+        with the offset of the last one, in one store transaction; the number applied.
+        Records caused by events at or past ``committed`` are skipped (they will be
+        written again); ``sources`` replaces the source offsets the store records."""
+        if not records:
+            return 0
         changes: dict[Any, Any] = {}
         decode_key, decode_value = self.key_codec.decode, self.value_codec.decode
         applied = 0
         for record in records:
-            if caused_by_uncommitted_event(record, committed):
+            if committed is not None and caused_by_uncommitted_event(record, committed):
                 continue
             key = decode_key(record.key) if record.key is not None else None
             changes[key] = None if record.value is None else decode_value(record.value)
             applied += 1
             for callback in self._changelog_callbacks:
                 await call_callback(callback, record)
-        self.replayed += applied
         await self._run_store(
             partial(self.data.write_batch, source_offsets=sources),
-            partition, changes, records[-1].offset,
+            partition,
+            changes,
+            records[-1].offset,
         )
+        self.local_offsets[partition] = records[-1].offset
+        return applied
 
     async def _run_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.data.persistent:

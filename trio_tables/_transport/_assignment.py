@@ -8,11 +8,11 @@ sticky (a partition stays with the member that owned it while the load stays bal
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ._base import TP, MemberAssignment, MemberSubscription, RebalanceProtocol
 
-__all__ = ["CoPartitionedAssignor", "withhold_moving_partitions"]
+__all__ = ["CoPartitionedAssignor", "sticky_balanced", "withhold_moving_partitions"]
 
 
 class CoPartitionedAssignor:
@@ -38,7 +38,7 @@ class CoPartitionedAssignor:
         member_ids = sorted(members)
         if not member_ids:
             return {}
-        owner = _sticky_balanced(
+        owner = sticky_balanced(
             numbers,
             member_ids,
             {m: {tp.partition for tp in members[m].owned} for m in member_ids},
@@ -51,11 +51,16 @@ class CoPartitionedAssignor:
         return {m: MemberAssignment(frozenset(tps)) for m, tps in result.items()}
 
 
-def _sticky_balanced(
-    numbers: range, member_ids: Sequence[str], owned: Mapping[str, set[int]]
+def sticky_balanced(
+    numbers: range,
+    member_ids: Sequence[str],
+    owned: Mapping[str, set[int]],
+    *,
+    preference: Callable[[int, str], int] | None = None,
 ) -> dict[int, str]:
     """Give each number to one member: keep previous owners up to the balanced quota,
-    then hand the rest to the least loaded members (ties by member id)."""
+    then hand the rest out among members below their quota, the one with the highest
+    ``preference(number, member)`` first (then the least loaded, then by member id)."""
     base, extra = divmod(len(numbers), len(member_ids))
     # The members allowed one more than `base`: prefer those that already own more.
     by_load = sorted(member_ids, key=lambda m: (-len(owned.get(m, ())), m))
@@ -69,7 +74,13 @@ def _sticky_balanced(
                 load[member] += 1
     for number in numbers:
         if number not in owner:
-            member = min(member_ids, key=lambda m: (load[m] - quota[m], m))
+            room = [m for m in member_ids if load[m] < quota[m]]
+
+            def rank(m: str, number: int = number) -> tuple[int, int, str]:
+                wish = preference(number, m) if preference is not None else 0
+                return (-wish, load[m] - quota[m], m)
+
+            member = min(room, key=rank)
             owner[number] = member
             load[member] += 1
     return owner
@@ -85,9 +96,7 @@ def withhold_moving_partitions(
     return {
         member: MemberAssignment(
             frozenset(
-                tp
-                for tp in assignment.partitions
-                if current_owner.get(tp, member) == member
+                tp for tp in assignment.partitions if current_owner.get(tp, member) == member
             ),
             assignment.user_data,
         )

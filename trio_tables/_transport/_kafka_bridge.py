@@ -11,9 +11,9 @@ kafka-python 3 runs each client's network on its own IO thread with a small even
 Rebalance listeners run on that loop; they hand work to Trio with
 ``TrioToken.run_sync_soon`` and wait on a kafka :class:`~kafka.future.Future` that Trio
 resolves. Resolving it from another thread needs the loop to be woken up, which is only
-reachable through private attributes: :func:`resolve_on_io_loop` and
-:func:`commit_on_io_loop` are the only places that touch them (tests in
-``tests/integration/test_kafka_bridge.py`` pin the behaviour).
+reachable through private attributes: :func:`resolve_on_io_loop`,
+:func:`commit_on_io_loop` and the fetcher fix :func:`release_parked_records` are the only
+places that touch them (contract and integration tests pin the behaviour).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from ..errors import TransportClosed
 from ._base import TP
 
-__all__ = ["ClientOwner", "commit_on_io_loop", "resolve_on_io_loop"]
+__all__ = ["ClientOwner", "commit_on_io_loop", "release_parked_records", "resolve_on_io_loop"]
 
 logger = logging.getLogger("trio_tables.transport.kafka")
 
@@ -89,3 +89,22 @@ async def commit_on_io_loop(consumer: Any, offsets: Mapping[TP, int]) -> None:
     listener), where the blocking ``consumer.commit()`` would deadlock."""
     future = consumer._coordinator.commit_offsets_async(to_kafka_offsets(offsets))
     await future
+
+
+def release_parked_records(consumer: Any) -> None:
+    """Work around a kafka-python 3 fetcher bug; call before each ``poll``.
+
+    Records already fetched for a partition that gets paused are parked, and handed back
+    after ``resume`` only when the fetcher's in-line slot is ``None``. But the slot keeps
+    an *exhausted* batch object (falsy, not ``None``) after a poll ends exactly at a
+    batch's end, and a parked partition is never fetched again: it stalls for good
+    (``test_resumed_partition_delivers_what_was_fetched_while_paused`` shows it). An
+    exhausted slot means "nothing in line", so clearing it changes nothing else. Only
+    private attributes can do this: if they change, this does nothing.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not getattr(fetcher, "_paused_partition_records", None):
+        return
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None

@@ -26,6 +26,7 @@ from ._kafka_bridge import (
     ClientOwner,
     commit_on_io_loop,
     from_kafka_tp,
+    release_parked_records,
     resolve_on_io_loop,
     to_kafka_offsets,
     to_kafka_tp,
@@ -39,6 +40,7 @@ Batch = dict[TP, list[Record]]
 
 
 def _poll_and_convert(consumer: Any, timeout_ms: int, max_records: int | None) -> Batch:
+    release_parked_records(consumer)
     raw = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
     out: Batch = {}
     for ktp, records in raw.items():
@@ -394,9 +396,7 @@ class KafkaGroupConsumer(_KafkaFetching):
 
     async def group_metadata(self) -> GroupMetadata:
         raw = await self._owner.run(self._consumer.group_metadata)
-        return GroupMetadata(
-            raw.group_id, raw.generation_id, raw.member_id, raw.group_instance_id
-        )
+        return GroupMetadata(raw.group_id, raw.generation_id, raw.member_id, raw.group_instance_id)
 
 
 def new_kafka_consumer(config: dict[str, Any]) -> Any:

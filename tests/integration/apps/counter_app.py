@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import trio
 
 import trio_tables
@@ -59,6 +60,7 @@ async def main(args: argparse.Namespace) -> None:
         broker=args.broker,
         store=args.store,
         commit_interval=args.commit_interval,
+        standby_replicas=args.standby_replicas,
         transport_options=TEST_SETTINGS,
     )
     manager.kill_point = args.kill_point
@@ -97,6 +99,8 @@ async def main(args: argparse.Namespace) -> None:
                         await manager.wait_until_recovered()
                         if manager.active_partitions:
                             say("ACTIVE", json.dumps(sorted(manager.active_partitions)))
+                        if manager.standby_partitions:
+                            say("STANDBY", json.dumps(sorted(manager.standby_partitions)))
                         await manager._recovery_event.wait()
 
                 nursery.start_soon(report)
@@ -121,6 +125,8 @@ async def main(args: argparse.Namespace) -> None:
                             "partitions": sorted(manager.active_partitions),
                             "counts": counts.as_dict(),
                             "replayed": counts.replayed,
+                            "restores": [attrs.astuple(r) for r in counts.restores],
+                            "local_offsets": counts.local_offsets,
                         },
                         file,
                     )
@@ -138,6 +144,7 @@ if __name__ == "__main__":
     parser.add_argument("--dump", required=True)
     parser.add_argument("--commit-interval", type=float, default=0.5)
     parser.add_argument("--kill-point", default=None)
+    parser.add_argument("--standby-replicas", type=int, default=0)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import errors
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
-from ._table import Collection, GlobalTable, Table
+from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue, Table
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 
@@ -13,9 +13,12 @@ __all__ = [
     "TP",
     "Collection",
     "Event",
+    "GlobalSetTable",
     "GlobalTable",
     "Record",
     "RecordMetadata",
+    "SetTable",
+    "SetValue",
     "Stream",
     "Table",
     "TableManager",

@@ -34,7 +34,15 @@ from ._codecs import JsonCodec, RawCodec, resolve_codec
 from ._rebalance import Assignment, RebalanceSupervisor
 from ._recovery import TableMessage, run_table
 from ._stream import DecodeErrorPolicy, Stream, current_event
-from ._table import Collection, GlobalTable, RecoveryRequest, StandbyUpdate, Table
+from ._table import (
+    Collection,
+    GlobalSetTable,
+    GlobalTable,
+    RecoveryRequest,
+    SetTable,
+    StandbyUpdate,
+    Table,
+)
 from ._transport import open_transport
 from ._transport._base import TP, Delivery, GroupConsumer, Producer, RebalanceProtocol, Transport
 from .errors import CommitFailed, PartitionCountMismatch, UnknownTopic
@@ -235,6 +243,18 @@ class TableManager:
     def GlobalTable(self, name: str, **kwargs: Any) -> GlobalTable:
         """Create and register a :class:`GlobalTable` (every partition on every worker)."""
         table = GlobalTable(self, name, **kwargs)
+        self.add(table)
+        return table
+
+    def SetTable(self, name: str, **kwargs: Any) -> SetTable:
+        """Create and register a :class:`SetTable` (values are sets)."""
+        table = SetTable(self, name, **kwargs)
+        self.add(table)
+        return table
+
+    def GlobalSetTable(self, name: str, **kwargs: Any) -> GlobalSetTable:
+        """Create and register a :class:`GlobalSetTable`."""
+        table = GlobalSetTable(self, name, **kwargs)
         self.add(table)
         return table
 

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from ._collection import Collection, RecoveryRequest, StandbyUpdate
 from ._global import GlobalTable
+from ._set import GlobalSetTable, SetTable, SetValue
 from ._table import Table
 
-__all__ = ["Collection", "GlobalTable", "RecoveryRequest", "StandbyUpdate", "Table"]
+__all__ = [
+    "Collection",
+    "GlobalSetTable",
+    "GlobalTable",
+    "RecoveryRequest",
+    "SetTable",
+    "SetValue",
+    "StandbyUpdate",
+    "Table",
+]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
@@ -38,10 +38,11 @@ from .._changelog import (
 from .._codecs import Codec, resolve_codec
 from .._store import Store, open_store
 from .._store._base import MISSING
-from .._stream import current_event
+from .._stream import Stream, current_event
 from .._transport._base import TP, OutgoingRecord, Record, RestoreConsumer
 from ..errors import PartitionNotOwned, TableWriteOutsideStream
 from ._callbacks import call_callback
+from ._joins import Joined, JoinKey, lookup_join
 
 if TYPE_CHECKING:
     from .._manager import TableManager
@@ -151,7 +152,9 @@ class Collection:
         self._on_window_close = on_window_close
         self._changelog_topic_name = changelog_topic or changelog_topic_name(manager.app_id, name)
         self.key_codec: Codec = resolve_codec(key_serializer, key_type, default="json")
-        self.value_codec: Codec = resolve_codec(value_serializer, value_type, default="json")
+        self.value_codec: Codec = self._stored_value_codec(
+            resolve_codec(value_serializer, value_type, default="json")
+        )
         self.store_url = store or manager.store_url
         self.data: Store = open_store(
             self.store_url,
@@ -189,6 +192,11 @@ class Collection:
         self.replayed = 0  # changelog records applied by recovery, since start
         self.standby_applied = 0  # changelog records applied by tailing, since start
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
+
+    def _stored_value_codec(self, codec: Codec) -> Codec:
+        """The codec of values as stored and written to the changelog (a subclass may
+        wrap the user's codec)."""
+        return codec
 
     # -- names --------------------------------------------------------------------------
     @property
@@ -579,6 +587,61 @@ class Collection:
         if self.data.persistent:
             return await trio.to_thread.run_sync(fn, *args)
         return fn(*args)
+
+    # -- joins and Faust's stream plumbing ---------------------------------------------------
+    def _join_lookup(self, key: Any) -> tuple[bool, Any]:
+        """``(found, value)`` of ``key`` for a join, in the event's partition."""
+        raw = self._read(key)
+        if raw is MISSING or raw is TOMBSTONE:
+            return False, None
+        return True, _detached(raw)
+
+    def join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
+        """Inner stream-table lookup join: iterate ``stream``, yielding
+        :class:`Joined` ``(event, value)`` for events whose join key ``on`` (see
+        :data:`JoinKey`) is in the table; other events are processed (skipped) silently.
+        Cancellation: as iterating the stream."""
+        return lookup_join(self, stream, on, keep_missing=False)
+
+    def inner_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
+        """Same as :meth:`join`."""
+        return self.join(stream, on)
+
+    def left_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
+        """Left stream-table lookup join: every event of ``stream``, with the table's
+        value for its join key or ``None`` when the key is missing."""
+        return lookup_join(self, stream, on, keep_missing=True)
+
+    def outer_join(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: an outer join would also emit on table changes. Use
+        :meth:`left_join` (every event) or :meth:`join` (matching events)."""
+        raise NotImplementedError(
+            "outer_join is not supported: stream-table joins are lookups; use "
+            "table.left_join(stream) for every event or table.join(stream) for matches"
+        )
+
+    def combine(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported (as in Faust): combine streams with ``trio`` tasks feeding a
+        memory channel, or use a join."""
+        raise NotImplementedError(
+            "combine is not supported: run one task per stream in a nursery, or use "
+            "table.join(stream) / table.left_join(stream)"
+        )
+
+    def contribute_to_stream(self, active: Any) -> None:
+        """Faust hook; tables here are fed by the manager, so there is nothing to do."""
+
+    async def remove_from_stream(self, stream: Any) -> None:
+        """Faust hook; tables here are fed by the manager, so there is nothing to do."""
+
+    def clone(self, **kwargs: Any) -> Any:
+        """A new, unregistered table of the same class and settings, with ``kwargs``
+        overriding them (register it with ``manager.add``)."""
+        return type(self)(self.manager, **{**self.info(), **kwargs})
+
+    def need_active_standby_for(self, tp: TP) -> bool:
+        """Whether a standby copy of ``tp`` is useful (global tables hold everything)."""
+        return not self.is_global
 
     # -- callbacks --------------------------------------------------------------------------
     def on_recover(self, callback: Callable[..., Any]) -> Callable[..., Any]:

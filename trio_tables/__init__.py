@@ -8,13 +8,16 @@ from ._stream import Event, Stream, current_event
 from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue, Table
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
+from ._types import CollectionT, GlobalTableT, TableManagerT, TableT
 
 __all__ = [
     "TP",
     "Collection",
+    "CollectionT",
     "Event",
     "GlobalSetTable",
     "GlobalTable",
+    "GlobalTableT",
     "Record",
     "RecordMetadata",
     "SetTable",
@@ -22,6 +25,8 @@ __all__ = [
     "Stream",
     "Table",
     "TableManager",
+    "TableManagerT",
+    "TableT",
     "current_event",
     "errors",
     "open_transport",

@@ -32,7 +32,7 @@ import trio
 from ._assignor import KeyMetadata, TablesAssignor
 from ._codecs import JsonCodec, RawCodec, resolve_codec
 from ._rebalance import Assignment, RebalanceSupervisor
-from ._recovery import TableMessage, run_table
+from ._recovery import RecoveryStatus, TableMessage, run_table
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
     Collection,
@@ -609,6 +609,8 @@ class TableManager:
             logger.warning("%s: %s", self.app_id, exc)
             return
         self._committed.update(wanted)
+        for tp in sorted(wanted):
+            await self.on_commit_tp(tp)
 
     # -- commits ---------------------------------------------------------------------------
     async def _committer(self) -> None:
@@ -646,6 +648,65 @@ class TableManager:
 
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
         """Hook: called with the offsets about to be committed (already persisted)."""
+
+    async def on_commit_tp(self, tp: TP) -> None:
+        """Hook: called for each source partition whose offset was just committed by a
+        periodic or explicit commit (commits made by a revocation are handed to the
+        group protocol and not reported here; :meth:`on_commit` sees them)."""
+
+    async def on_rebalance_start(self) -> None:
+        """Hook: a rebalance began (partitions are about to be revoked or assigned)."""
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None:
+        """Hook: ``revoked`` were released (their changes persisted and committed)."""
+
+    async def on_rebalance(
+        self,
+        assigned: frozenset[TP],
+        revoked: frozenset[TP],
+        newly_assigned: frozenset[TP],
+        generation_id: int = 0,
+    ) -> None:
+        """Hook: an assignment arrived (``assigned``: everything owned now); recovery of
+        the new partitions starts right after. Also calls every table's
+        ``on_rebalance``."""
+
+    async def on_actives_ready(self) -> None:
+        """Hook: every assigned partition is recovered by every table."""
+
+    async def on_standbys_ready(self) -> None:
+        """Hook: every table's standby copies read up to the changelog's end offsets
+        seen when they started following the latest standby assignment."""
+
+    def persist_offset_on_commit(self, store: Any, tp: TP, offset: int) -> None:
+        """Record in ``store`` (a table's ``data``) that partition ``tp.partition`` holds
+        the changelog up to ``offset``. Stores here save their offset with every commit
+        cycle, so this is only for code that writes a store itself."""
+        store.write_batch(tp.partition, {}, offset)
+
+    @property
+    def changelog_topics(self) -> frozenset[str]:
+        """Every table's changelog topic."""
+        return frozenset(table.changelog_topic_name for table in self.tables.values())
+
+    @property
+    def actives_ready(self) -> bool:
+        """Whether every assigned partition is recovered by every table."""
+        return self._fully_recovered()
+
+    @property
+    def standbys_ready(self) -> bool:
+        """Whether every table's standby copies (and global tables) have caught up."""
+        return all(table._tailer_caught_up.is_set() for table in self.tables.values())
+
+    @property
+    def recovery(self) -> RecoveryStatus:
+        """A snapshot of recovery and standby progress (Faust's ``recovery`` service)."""
+        return RecoveryStatus(
+            {name: dict(t.recovery_progress) for name, t in self.tables.items()},
+            {name: dict(t.standby_progress) for name, t in self.tables.items()},
+            self.actives_ready,
+        )
 
     async def _commit_cycle(
         self, releasing: frozenset[int], *, grace: float | None = None
@@ -709,6 +770,7 @@ class TableManager:
                     if tp in self._supervisor.assigned and offset > self._committed.get(tp, -1)
                 }
                 self._committed.update(offsets)
+                await self.on_commit(offsets)
             else:
                 async with self._quiesced(self.event_grace):
                     pass
@@ -777,6 +839,9 @@ class TableManager:
                 self._activate(partitions, assignment.tps)
                 for table in self.tables.values():
                     await table.on_recovery_completed(partitions)
+                self._supervisor.assignment_done(assignment)
+                if self._fully_recovered():
+                    await self.on_actives_ready()
         finally:
             self._supervisor.assignment_done(assignment)
             self._recovery_changed()
@@ -804,9 +869,23 @@ class TableManager:
             return
         self._standbys = standbys
         logger.info("%s: standby partitions %s", self.app_id, sorted(standbys))
+        updates = []
         for name, channel in self._table_channels.items():
             if not self.tables[name].is_global:
-                channel.send_nowait(StandbyUpdate(standbys))
+                update = StandbyUpdate(standbys)
+                channel.send_nowait(update)
+                updates.append((self.tables[name], update))
+        if self._nursery is not None and standbys:
+            self._nursery.start_soon(self._announce_standbys_ready, updates)
+
+    async def _announce_standbys_ready(
+        self, updates: list[tuple[Collection, StandbyUpdate]]
+    ) -> None:
+        for table, update in updates:
+            await update.done.wait()
+            await table.wait_caught_up()
+        if updates and all(update.partitions == self._standbys for _, update in updates):
+            await self.on_standbys_ready()
 
     async def _committed_sources(self, partitions: frozenset[int]) -> dict[TP, int | None] | None:
         """The group's committed offsets of every source partition numbered in

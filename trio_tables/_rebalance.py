@@ -64,6 +64,7 @@ class RebalanceSupervisor:
         self.pending: list[Assignment] = []
         self.generation = 0
         self.assignment_seen = trio.Event()
+        self._revoked_since: frozenset[TP] = frozenset()  # since the last assignment
 
     def _cancel_pending(self, partitions: frozenset[int]) -> None:
         """Cancel recoveries touching ``partitions``; re-queue what they had besides."""
@@ -86,6 +87,7 @@ class RebalanceSupervisor:
 
     async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
         self.generation += 1
+        newly = assigned - self.assigned
         self.assigned |= assigned
         logger.info(
             "%s: assigned %s (generation %d)",
@@ -98,16 +100,24 @@ class RebalanceSupervisor:
             self._queue(assigned)
         self.assignment_seen.set()
         self._manager._recovery_changed()
+        revoked, self._revoked_since = self._revoked_since, frozenset()
+        await self._manager.on_rebalance(self.assigned, revoked, newly, self.generation)
+        for table in list(self._manager.tables.values()):
+            await table.on_rebalance(self.assigned, revoked, newly, self.generation)
 
     async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
         logger.info("%s: revoked %s", self._manager.app_id, sorted(str(tp) for tp in revoked))
+        await self._manager.on_rebalance_start()
         partitions = frozenset(tp.partition for tp in revoked)
         self._cancel_pending(partitions)
         try:
-            return await self._manager._release(partitions, commit=True)
+            offsets = await self._manager._release(partitions, commit=True)
         finally:
             self.assigned -= revoked
+            self._revoked_since |= revoked
             self._manager._recovery_changed()
+        await self._manager.on_partitions_revoked(revoked)
+        return offsets
 
     async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
         logger.warning(
@@ -115,10 +125,12 @@ class RebalanceSupervisor:
             self._manager.app_id,
             sorted(str(tp) for tp in lost),
         )
+        await self._manager.on_rebalance_start()
         partitions = frozenset(tp.partition for tp in lost)
         self._cancel_pending(partitions)
         try:
             await self._manager._release(partitions, commit=False)
         finally:
+            self._revoked_since |= lost
             self.assigned -= lost
             self._manager._recovery_changed()

@@ -28,17 +28,37 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
+import attrs
 import trio
 
 from ._changelog import caused_by_uncommitted_event
 from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._transport._base import TP, Record, RestoreConsumer, Transport
 
-__all__ = ["CommittedOffsets", "TableMessage", "run_table"]
+__all__ = ["CommittedOffsets", "RecoveryStatus", "TableMessage", "run_table"]
 
 logger = logging.getLogger("trio_tables.recovery")
 
 TableMessage = RecoveryRequest | StandbyUpdate
+
+
+@attrs.frozen
+class RecoveryStatus:
+    """Progress of every table: ``active[table][partition] = (position, target)`` of the
+    current or last restore, ``standby[table][partition] = (next offset, records held
+    back until the group commits their events)``, and whether all actives are ready."""
+
+    active: Mapping[str, Mapping[int, tuple[int, int]]]
+    standby: Mapping[str, Mapping[int, tuple[int, int]]]
+    actives_ready: bool
+
+    def active_remaining_total(self) -> int:
+        """Changelog records still to restore, over every table and partition."""
+        return sum(
+            max(target - position, 0)
+            for partitions in self.active.values()
+            for position, target in partitions.values()
+        )
 
 CommittedOffsets = Callable[[frozenset[int]], Awaitable[Mapping[TP, int | None] | None]]
 """The group's committed source offsets for some partition numbers (``None``: unknown
@@ -121,6 +141,8 @@ class _Tailer:
         self._committed: Mapping[TP, int | None] | None = None
         self._committed_at = -math.inf
         self.caught_up = table._tailer_caught_up
+        if not table.is_global:
+            self.caught_up.set()  # no standby copies yet: nothing to catch up with
         self._targets: dict[int, int] = {}
 
     @property
@@ -162,6 +184,9 @@ class _Tailer:
             self._held.pop(partition, None)
             table.standby_progress.pop(partition, None)
         entering = sorted(wanted - self.partitions)
+        if entering and not table.is_global:
+            # New copies to catch up with (a global table's event is set once, at start).
+            table._tailer_caught_up = self.caught_up = trio.Event()
         if entering:
             tps = [TP(self.topic, p) for p in entering]
             begin = await consumer.beginning_offsets(tps)

@@ -15,6 +15,7 @@ the offset of the last acknowledged record, in one store transaction.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -587,6 +588,38 @@ class Collection:
         if self.data.persistent:
             return await trio.to_thread.run_sync(fn, *args)
         return fn(*args)
+
+    # -- display ---------------------------------------------------------------------------
+    def as_ansitable(self, *, title: str | None = None, limit: int = 100, **_: Any) -> str:
+        """This worker's content (active partitions, sorted by key when keys allow) as
+        a terminal table with colours (rendered by rich), at most ``limit`` rows."""
+        from rich.console import Console
+        from rich.table import Table as RichTable
+
+        rows = [
+            (key, value)
+            for partition in sorted(self._active)
+            for key, value in self._partition_items(partition)
+        ]
+        with contextlib.suppress(TypeError):
+            rows.sort(key=lambda row: row[0])
+        table = RichTable(title=title or self.label)
+        table.add_column("key")
+        table.add_column("value")
+        for key, value in rows[:limit]:
+            table.add_row(repr(key), repr(value))
+        if len(rows) > limit:
+            table.caption = f"{limit} of {len(rows)} rows"
+        console = Console(width=100, force_terminal=True, color_system="standard")
+        with console.capture() as capture:
+            console.print(table)
+        return capture.get()
+
+    def on_window_close(self, key: Any, value: Any) -> None:
+        """Called when a window of ``key`` closes with its final ``value`` (windowed
+        tables); calls the ``on_window_close=`` callback given to the table."""
+        if self._on_window_close is not None:
+            self._on_window_close(key, value)
 
     # -- joins and Faust's stream plumbing ---------------------------------------------------
     def _join_lookup(self, key: Any) -> tuple[bool, Any]:

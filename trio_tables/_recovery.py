@@ -156,25 +156,30 @@ class _Tailer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with (
-            transport.open_restore_consumer(
-                max_poll_records=max(self.table.standby_buffer_size, 1)
-            ) as consumer,
-            updates,
-        ):
+        async with updates:
             task_status.started()
             while True:
+                # Idle (no partition to follow): no Kafka client is kept open.
                 try:
-                    if not self._next:
-                        update = await updates.receive()
-                    else:
-                        update = updates.receive_nowait()
-                except trio.WouldBlock:
-                    await self._step(consumer)
-                    continue
+                    update = await updates.receive()
                 except trio.EndOfChannel:
                     return
-                await self._change(consumer, update)
+                if not update.partitions:
+                    update.done.set()
+                    continue
+                async with transport.open_restore_consumer(
+                    max_poll_records=max(self.table.standby_buffer_size, 1)
+                ) as consumer:
+                    await self._change(consumer, update)
+                    while self._next:
+                        try:
+                            update = updates.receive_nowait()
+                        except trio.WouldBlock:
+                            await self._step(consumer)
+                            continue
+                        except trio.EndOfChannel:
+                            return
+                        await self._change(consumer, update)
 
     async def _change(self, consumer: RestoreConsumer, update: StandbyUpdate) -> None:
         table = self.table

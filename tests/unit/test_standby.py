@@ -35,8 +35,9 @@ class CrashingManager(TableManager):
 
 
 class StandbyWorker:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, host: str) -> None:
         self.url = url
+        self.host = host
         self.manager: CrashingManager | None = None
         self.counts: Any = None
         self.processed = 0
@@ -53,7 +54,8 @@ class StandbyWorker:
     async def run(self) -> None:
         try:
             async with CrashingManager(APP, broker=self.url, standby_replicas=1,
-                                       commit_interval=0.5) as manager:
+                                       commit_interval=0.5,
+                                       advertised_host=self.host) as manager:
                 self.manager = manager
                 self.counts = manager.Table("counts", default=int, key_type=str,
                                             value_type=int)
@@ -128,7 +130,7 @@ async def test_standby_follows_and_promotion_replays_only_the_lag(autojump_clock
         await transport.create_topic("words", PARTITIONS)
     first = [f"w{i % 13}" for i in range(800)]
     await _produce(url, first)
-    a, b = StandbyWorker(url), StandbyWorker(url)
+    a, b = StandbyWorker(url, "a.example:8080"), StandbyWorker(url, "b.example:8080")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a.run)
         await a.started.wait()
@@ -146,6 +148,13 @@ async def test_standby_follows_and_promotion_replays_only_the_lag(autojump_clock
         assert a.manager is not None
         assert b.manager is not None
         promoted = a.manager.active_partitions
+        # Both know which host serves a key and which keeps a copy of it.
+        for key in ("w1", "w2", "w3", "w4", "w5"):
+            where = b.manager.metadata_for_key("counts", key)
+            assert where == a.manager.metadata_for_key("counts", key)
+            owner, copy = ("a", "b") if where.partition in promoted else ("b", "a")
+            assert where.active_host == f"{owner}.example:8080"
+            assert where.standby_hosts == (f"{copy}.example:8080",)
         await _until(lambda: _standby_current(b), a, b)
         # b never applied more than the confirmed records (nothing a will redo).
         standby_offsets = {p: b.counts.local_offsets.get(p, -1) for p in promoted}

@@ -9,6 +9,7 @@ from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue,
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 from ._types import CollectionT, GlobalTableT, TableManagerT, TableT
+from ._windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
 
 __all__ = [
     "TP",
@@ -18,15 +19,19 @@ __all__ = [
     "GlobalSetTable",
     "GlobalTable",
     "GlobalTableT",
+    "HoppingWindow",
     "Record",
     "RecordMetadata",
     "SetTable",
     "SetValue",
+    "SlidingWindow",
     "Stream",
     "Table",
     "TableManager",
     "TableManagerT",
     "TableT",
+    "TumblingWindow",
+    "Window",
     "current_event",
     "errors",
     "open_transport",

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from ._transport._assignment import sticky_balanced
-from ._transport._base import TP, MemberAssignment, MemberSubscription, RebalanceProtocol
+from ._transport._assignment import copartitioned, sticky_balanced
+from ._transport._base import MemberAssignment, MemberSubscription, RebalanceProtocol
 
 __all__ = ["GroupView", "KeyMetadata", "TablesAssignor"]
 
@@ -135,14 +135,7 @@ class TablesAssignor:
             },
         }
         result: dict[str, MemberAssignment] = {}
-        for member in member_ids:
-            tps = frozenset(
-                TP(topic, number)
-                for number, who in owner.items()
-                if who == member
-                for topic, count in partitions.items()
-                if number < count and topic in members[member].topics
-            )
+        for member, tps in copartitioned(owner, partitions, members).items():
             mine = sorted(n for n, ms in standbys.items() if member in ms)
             data = json.dumps({"standby": mine, **layout}, separators=(",", ":")).encode()
             result[member] = MemberAssignment(tps, data)

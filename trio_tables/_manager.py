@@ -551,15 +551,9 @@ class TableManager:
                     await self._serve_commit_requests(consumer)
                     await self._flow_control(consumer)
                     batch = await consumer.poll(timeout=self.poll_timeout)
-                    assigned = self._supervisor.assigned
                     for tp, records in batch.items():
                         stream = self._streams.get(tp.topic)
                         if stream is None or stream.closed or not records:
-                            continue
-                        if tp not in assigned:
-                            # Revoked while the poll ran: these records are the next
-                            # owner's; buffered here they would be processed twice if
-                            # the partition came back later.
                             continue
                         stream.feed(tp.partition, list(records))
                         if stream.buffered(tp.partition) >= stream.buffer_size:

@@ -60,6 +60,7 @@ class RecoveryStatus:
             for position, target in partitions.values()
         )
 
+
 CommittedOffsets = Callable[[frozenset[int]], Awaitable[Mapping[TP, int | None] | None]]
 """The group's committed source offsets for some partition numbers (``None``: unknown
 now, for instance while this worker is not in the group)."""
@@ -193,26 +194,12 @@ class _Tailer:
             # New copies to catch up with (a global table's event is set once, at start).
             table._tailer_caught_up = self.caught_up = trio.Event()
         if entering:
-            tps = [TP(self.topic, p) for p in entering]
-            begin = await consumer.beginning_offsets(tps)
-            end = await consumer.end_offsets(tps)
-            for p, tp in zip(entering, tps, strict=True):
-                saved = table.local_offsets.get(p)
-                start = begin[tp] if saved is None else saved + 1
-                if saved is not None and not begin[tp] <= start <= end[tp]:
-                    table.logger.warning(
-                        "%s[%d]: saved changelog offset %d is outside the changelog "
-                        "[%d, %d): discarding the local copy and rebuilding it",
-                        table.name,
-                        p,
-                        saved,
-                        begin[tp],
-                        end[tp],
-                    )
-                    await table._run_store(table._reset_partition, p)
-                    start = begin[tp]
-                self._next[p] = start
-                self._targets[p] = end[tp]
+            starts, end = await table.resume_offsets(
+                consumer, {p: TP(self.topic, p) for p in entering}
+            )
+            for tp, start in starts.items():
+                self._next[tp.partition] = start
+                self._targets[tp.partition] = end[tp]
         await consumer.assign(TP(self.topic, p) for p in sorted(self._next))
         for p, offset in self._next.items():
             await consumer.seek(TP(self.topic, p), offset)

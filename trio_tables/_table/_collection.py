@@ -435,24 +435,10 @@ class Collection:
         sources = {p: self._committed_sources(p, request.committed) for p in tps}
         for p in tps:
             self._check_store_not_ahead(p, sources[p])
-        begin = await consumer.beginning_offsets(tps.values())
-        end = await consumer.end_offsets(tps.values())
+        starts, end = await self.resume_offsets(consumer, tps)
         todo: dict[TP, int] = {}
         for p, tp in tps.items():
-            saved = self.data.persisted_offset(p)
-            start = begin[tp] if saved is None else saved + 1
-            if saved is not None and not begin[tp] <= start <= end[tp]:
-                self.logger.warning(
-                    "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
-                    "discarding local state and rebuilding from the changelog",
-                    self.name,
-                    p,
-                    saved,
-                    begin[tp],
-                    end[tp],
-                )
-                await self._run_store(self._reset_partition, p)
-                start = begin[tp]
+            start = starts[tp]
             self.recovery_progress[p] = (start, end[tp])
             if start < end[tp]:
                 todo[tp] = start
@@ -493,6 +479,34 @@ class Collection:
                 await self._run_store(
                     partial(self.data.write_batch, source_offsets=sources[p]), p, {}, None
                 )
+
+    async def resume_offsets(
+        self, consumer: RestoreConsumer, tps: Mapping[int, TP]
+    ) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Where reading the changelog of ``tps`` (by partition) continues, and its end
+        offsets now: after the store's saved offset, or at the beginning. A saved offset
+        outside the changelog means the local copy cannot be continued: it is discarded
+        (with a log line) and read again from the beginning."""
+        begin = await consumer.beginning_offsets(tps.values())
+        end = await consumer.end_offsets(tps.values())
+        starts: dict[TP, int] = {}
+        for p, tp in tps.items():
+            saved = self.local_offsets.get(p)
+            start = begin[tp] if saved is None else saved + 1
+            if saved is not None and not begin[tp] <= start <= end[tp]:
+                self.logger.warning(
+                    "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
+                    "discarding local state and rebuilding from the changelog",
+                    self.name,
+                    p,
+                    saved,
+                    begin[tp],
+                    end[tp],
+                )
+                await self._run_store(self._reset_partition, p)
+                start = begin[tp]
+            starts[tp] = start
+        return starts, end
 
     def _committed_sources(
         self, partition: int, committed: Mapping[TP, int | None]

@@ -50,14 +50,6 @@ class GlobalTable(Table):
         # own way); only ``with table.partition(p)`` narrows them.
         return self._explicit_partition.get()
 
-    def _join_lookup(self, key: Any) -> tuple[bool, Any]:
-        # Any field can be the join key: look in every partition.
-        token = self._explicit_partition.set(None)
-        try:
-            return super()._join_lookup(key)
-        finally:
-            self._explicit_partition.reset(token)
-
     # Rebalances of the source topics do not concern a global table.
     def activate(self, partitions: frozenset[int]) -> None:
         pass

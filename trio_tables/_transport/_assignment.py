@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ._base import TP, MemberAssignment, MemberSubscription, RebalanceProtocol
 
-__all__ = ["CoPartitionedAssignor", "sticky_balanced", "withhold_moving_partitions"]
+__all__ = [
+    "CoPartitionedAssignor",
+    "copartitioned",
+    "sticky_balanced",
+    "withhold_moving_partitions",
+]
 
 
 class CoPartitionedAssignor:
@@ -43,12 +48,24 @@ class CoPartitionedAssignor:
             member_ids,
             {m: {tp.partition for tp in members[m].owned} for m in member_ids},
         )
-        result: dict[str, set[TP]] = {m: set() for m in member_ids}
-        for number, member in owner.items():
-            for topic, count in partitions.items():
-                if number < count and topic in members[member].topics:
-                    result[member].add(TP(topic, number))
-        return {m: MemberAssignment(frozenset(tps)) for m, tps in result.items()}
+        return {
+            m: MemberAssignment(tps) for m, tps in copartitioned(owner, partitions, members).items()
+        }
+
+
+def copartitioned(
+    owner: Mapping[int, str],
+    partitions: Mapping[str, int],
+    members: Mapping[str, MemberSubscription],
+) -> dict[str, frozenset[TP]]:
+    """Each member's topic-partitions when partition number ``n`` of every topic it
+    subscribes to goes to ``owner[n]``."""
+    result: dict[str, set[TP]] = {m: set() for m in members}
+    for number, member in owner.items():
+        for topic, count in partitions.items():
+            if number < count and topic in members[member].topics:
+                result[member].add(TP(topic, number))
+    return {m: frozenset(tps) for m, tps in result.items()}
 
 
 def sticky_balanced(

@@ -391,7 +391,12 @@ class _Fetching(Protocol):
 
 
 class GroupConsumer(_Fetching, Protocol):
-    """A member of a consumer group, subscribed to topics."""
+    """A member of a consumer group, subscribed to topics.
+
+    ``poll`` returns records only of partitions the listener was last told this member
+    owns, and a partition assigned in a rebalance starts at the group's committed
+    offset (or the reset policy), even if this member owned it before.
+    """
 
     def assignment(self) -> frozenset[TP]:
         """Partitions assigned to this member (as of the last completed rebalance)."""

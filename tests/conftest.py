@@ -12,6 +12,9 @@ import pytest
 
 import trio_tables.testing
 
+# pytester: the tests of trio_tables' own pytest plugin run pytest on example projects.
+pytest_plugins = ["pytester"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(trio_tables.testing):

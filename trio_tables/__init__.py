@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import errors
+from ._asyncio import asyncio_callback
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
 from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue, Table
@@ -32,6 +33,7 @@ __all__ = [
     "TableT",
     "TumblingWindow",
     "Window",
+    "asyncio_callback",
     "current_event",
     "errors",
     "open_transport",

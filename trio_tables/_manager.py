@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from typing import Any, Literal
 import trio
 
 from ._assignor import KeyMetadata, TablesAssignor
+from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, RawCodec, resolve_codec
 from ._rebalance import Assignment, RebalanceSupervisor
 from ._recovery import RecoveryStatus, TableMessage, run_table
@@ -170,6 +171,9 @@ class TableManager:
         self._group_topics: frozenset[str] = frozenset()
         self._group_stop = trio.Event()
         self._group_done: trio.Event | None = None
+        # asyncio callbacks and run_asyncio(): a trio-asyncio loop opened on first use.
+        self._asyncio = AsyncioLoop()
+        self._asyncio_token: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> TableManager:
@@ -185,6 +189,8 @@ class TableManager:
             await stack.aclose()
             raise
         self._stack = stack
+        self._asyncio.attach(self._nursery)
+        self._asyncio_token = set_current_asyncio_loop(self._asyncio)
         self._nursery.start_soon(self._committer)
         self._nursery.start_soon(self._recovery_supervisor)
         for table in self.tables.values():
@@ -213,7 +219,11 @@ class TableManager:
             self._nursery.cancel_scope.cancel()
             exc_type, exc, tb = type(shutdown_error), shutdown_error, shutdown_error.__traceback__
         try:
-            suppressed = await self._stack.__aexit__(exc_type, exc, tb)
+            try:
+                suppressed = await self._stack.__aexit__(exc_type, exc, tb)
+            finally:
+                self._asyncio.detach()
+                reset_current_asyncio_loop(self._asyncio_token)
         except BaseExceptionGroup as group:
             single = _single_error(group)
             if single is not None:
@@ -478,6 +488,16 @@ class TableManager:
         finally:
             self._hold = None
             hold.set()
+
+    # -- asyncio ----------------------------------------------------------------------------
+    async def run_asyncio(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``await fn(*args)`` where ``fn`` is an asyncio coroutine function (an asyncio
+        library's client call, say), from Trio code such as stream processing; returns its
+        result. Runs on the manager's trio-asyncio loop, opened in the manager's nursery
+        on first use. The current event is visible inside (context variables are copied),
+        so table writes there go to the event's partition. Cancellation: the asyncio task
+        is cancelled (it sees ``asyncio.CancelledError``) and waited for."""
+        return await self._asyncio.run(fn, *args)
 
     # -- output ---------------------------------------------------------------------------
     async def send(
@@ -830,6 +850,11 @@ class TableManager:
                     if not all(request.completed for request in requests):
                         return
                     done.update(missing)
+                if assignment.scope.cancel_called:
+                    # Revoked while the last table finished: the cancellation would only
+                    # land at the next checkpoint, after the partitions were activated
+                    # again behind the revocation's back.
+                    return
                 self._activate(partitions, assignment.tps)
                 for table in self.tables.values():
                     await table.on_recovery_completed(partitions)

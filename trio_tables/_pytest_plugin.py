@@ -1,18 +1,29 @@
 """The pytest side of :mod:`trio_tables.testing` (imported there only when pytest is
-installed, so the broker launcher does not need pytest)."""
+installed, so the broker launcher and the helpers do not need pytest)."""
 
 from __future__ import annotations
 
 import itertools
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from ._embedded import EmbeddedBroker, embedded_broker
+from ._manager import TableManager
+from ._testing import fresh_memory_url, open_test_manager
+from ._transport._memory import reset_memory_broker
 
-__all__ = ["kafka_broker", "pytest_configure", "unique_name"]
+__all__ = [
+    "kafka_broker",
+    "kafka_manager",
+    "kafka_url",
+    "memory_manager",
+    "memory_url",
+    "pytest_configure",
+    "unique_name",
+]
 
 _NOT_A_TOPIC_CHAR = re.compile(r"[^a-zA-Z0-9._-]+")
 _MAX_PREFIX = 100  # Kafka topic names may have up to 249 characters
@@ -31,6 +42,38 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
     """
     with embedded_broker() as broker:
         yield broker
+
+
+@pytest.fixture
+def kafka_url(kafka_broker: EmbeddedBroker) -> str:
+    """The URL of the session's embedded broker, ``kafka://127.0.0.1:PORT``."""
+    return kafka_broker.url
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    """A new in-process broker for this test, ``memory://test-<random>`` (emptied when
+    the test ends)."""
+    url = fresh_memory_url()
+    yield url
+    reset_memory_broker(url.removeprefix("memory://"))
+
+
+@pytest.fixture
+async def memory_manager(memory_url: str) -> AsyncIterator[TableManager]:
+    """A running :class:`~trio_tables.TableManager` on this test's ``memory_url``, with
+    a unique app id and ``commit_interval=0.2`` (see
+    :func:`~trio_tables.testing.open_test_manager`). Needs pytest-trio."""
+    async with open_test_manager(memory_url) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def kafka_manager(kafka_broker: EmbeddedBroker) -> AsyncIterator[TableManager]:
+    """A running :class:`~trio_tables.TableManager` on the embedded broker, with a
+    unique app id and the short group timeouts Tansu needs. Needs pytest-trio."""
+    async with open_test_manager(kafka_broker.url) as manager:
+        yield manager
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ everything this library raises on purpose.
 from __future__ import annotations
 
 __all__ = [
+    "AsyncioCodeNotMarked",
     "BrokerUnavailable",
     "CommitFailed",
     "DeliveryFailed",
@@ -146,3 +147,16 @@ class RecordDecodeError(TrioTablesError):
         self.topic = topic
         self.partition = partition
         self.offset = offset
+
+
+class AsyncioCodeNotMarked(TrioTablesError, TypeError):
+    """A callback ran asyncio code without being marked as asyncio code."""
+
+    def __init__(self, callback: object) -> None:
+        name = getattr(callback, "__qualname__", None) or repr(callback)
+        super().__init__(
+            f"callback {name} runs asyncio code, which needs an asyncio event loop: mark it "
+            "with @trio_tables.asyncio_callback (trio_tables then runs it on a trio-asyncio "
+            "loop), or call the asyncio part with `await manager.run_asyncio(fn, *args)`"
+        )
+        self.callback = callback

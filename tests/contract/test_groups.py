@@ -79,6 +79,24 @@ async def test_commit_round_trip_and_resume_from_commit(transport: Transport, na
     ]
 
 
+async def test_group_offsets_are_read_without_joining(transport: Transport, names: Names) -> None:
+    topic = await names.topic(2)
+    group = names.group()
+    a, b = TP(topic, 0), TP(topic, 1)
+    await _produce(transport, topic, 2, 10, "g")
+    assert await transport.group_offsets(group) == {}  # unknown group: nothing, no error
+    listener = RecordingListener()
+    async with transport.open_group_consumer(group, [topic], listener=listener) as consumer:
+        await wait_for_assignment(consumer, [a, b])
+        await consumer.commit({a: 3})
+        # A member is in the group: looking at its offsets must not make it rebalance.
+        assert await transport.group_offsets(group) == {a: 3}
+        await consumer.poll(timeout=0.1)
+        assert consumer.assignment() == {a, b}
+        assert [kind for kind, _ in listener.events] == ["assigned"]
+    assert await transport.group_offsets(group) == {a: 3}
+
+
 async def test_auto_offset_reset_latest_skips_earlier_records(
     transport: Transport, names: Names
 ) -> None:

@@ -37,6 +37,7 @@ from .._changelog import (
     to_records,
 )
 from .._codecs import Codec, resolve_codec
+from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
 from .._stream import Stream, current_event
@@ -442,11 +443,14 @@ class Collection:
             self.recovery_progress[p] = (start, end[tp])
             if start < end[tp]:
                 todo[tp] = start
+        total = sum(end[tp] - start for tp, start in todo.items())
+        progress_log = RestoreProgressLog(self.logger, self.name, total)
         if todo:
             self.logger.info(
-                "%s: restoring %d records from %s",
+                "%s: restoring %d records of partitions %s from %s",
                 self.name,
-                sum(end[tp] - start for tp, start in todo.items()),
+                total,
+                sorted(tp.partition for tp in todo),
                 topic,
             )
             await consumer.assign(todo)
@@ -467,6 +471,13 @@ class Collection:
                 self._notify_progress()
                 if position >= end[tp]:
                     del remaining[tp]
+            progress_log.update(
+                sum(
+                    min(self.recovery_progress[tp.partition][0], end[tp]) - start
+                    for tp, start in todo.items()
+                )
+            )
+        progress_log.finish(total)
         if todo:
             await consumer.assign(())
         for p, tp in tps.items():

@@ -291,6 +291,11 @@ class Admin(Protocol):
 
     async def list_topics(self) -> frozenset[str]: ...
 
+    async def group_offsets(self, group_id: str) -> dict[TP, int]:
+        """Every offset committed by ``group_id``, without joining the group (so running
+        members see no rebalance); empty for an unknown group."""
+        ...
+
 
 class Producer(Protocol):
     """Produces records; optionally transactional. One owner task at a time."""

@@ -22,6 +22,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from ..errors import BrokerUnavailable, PartitionCountMismatch, UnknownTopic
 from ._assignment import CoPartitionedAssignor
 from ._base import (
+    TP,
     Assignor,
     GroupConsumer,
     IsolationLevel,
@@ -168,6 +169,15 @@ class KafkaTransport:
 
     async def list_topics(self) -> frozenset[str]:
         return frozenset(await self._admin_owner.run(self._admin.list_topics))
+
+    async def group_offsets(self, group_id: str) -> dict[TP, int]:
+        # OffsetFetch for all of the group's partitions (no JoinGroup).
+        found = await self._admin_owner.run(self._admin.list_group_offsets, {group_id: None})
+        return {
+            TP(ktp.topic, ktp.partition): meta.offset
+            for ktp, meta in found.get(group_id, {}).items()
+            if meta.offset is not None and meta.offset >= 0
+        }
 
     # -- Clients -----------------------------------------------------------------------
     @asynccontextmanager

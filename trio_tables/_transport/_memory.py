@@ -286,6 +286,10 @@ class MemoryTransport:
         await trio.lowlevel.checkpoint()
         return self.broker.list_topics()
 
+    async def group_offsets(self, group_id: str) -> dict[TP, int]:
+        await trio.lowlevel.checkpoint()
+        return self.broker.group_offsets(group_id)
+
     @asynccontextmanager
     async def _open_producer(
         self, transactional_id: str | None, max_in_flight: int

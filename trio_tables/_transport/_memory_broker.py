@@ -317,6 +317,12 @@ class MemoryBroker:
             group = self._groups[group_id] = MemoryGroup(group_id, self)
         return group
 
+    def group_offsets(self, group_id: str) -> dict[TP, int]:
+        """The offsets ``group_id`` committed (empty for an unknown group; looking does
+        not create the group)."""
+        group = self._groups.get(group_id)
+        return {} if group is None else dict(group.committed)
+
     # -- test hooks ----------------------------------------------------------------
     def delete_records_before(self, tp: TP, offset: int) -> None:
         """Advance the log start offset of ``tp`` to ``offset`` (Kafka's DeleteRecords):

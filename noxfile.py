@@ -13,7 +13,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_venv = "yes"
 
-SOURCES = ["trio_tables", "tests", "benchmarks", "noxfile.py"]
+SOURCES = ["trio_tables", "tests", "benchmarks", "examples", "docs", "noxfile.py"]
 
 
 @nox.session(python=None)

@@ -855,9 +855,15 @@ class TableManager:
                     # land at the next checkpoint, after the partitions were activated
                     # again behind the revocation's back.
                     return
-                self._activate(partitions, assignment.tps)
+                # on_recover callbacks see the recovered tables before any event of these
+                # partitions is processed (as in Faust); then the streams get them.
+                for table in self.tables.values():
+                    table.activate(partitions)
                 for table in self.tables.values():
                     await table.on_recovery_completed(partitions)
+                if assignment.scope.cancel_called:
+                    return
+                self._activate(partitions, assignment.tps)
                 self._supervisor.assignment_done(assignment)
                 if self._fully_recovered():
                     await self.on_actives_ready()

@@ -169,3 +169,26 @@ async def test_marked_methods_and_calls_outside_a_manager() -> None:
 
     assert await call_callback(notifier.notify, "hi") == "HI"
     assert notifier.sent == ["hi"]
+
+
+async def test_on_recover_sees_the_recovered_table_before_new_events(memory_url: str) -> None:
+    await _count_words(memory_url, "app")
+    await produce(memory_url, "words", [(w, 1) for w in WORDS])  # waiting for the restart
+    snapshots: list[dict[str, int]] = []
+
+    @trio_tables.asyncio_callback
+    async def on_recover() -> None:
+        await asyncio.sleep(0.05)  # events would be processed meanwhile if they could
+        snapshots.append(counts.as_dict())
+
+    async with open_test_manager(memory_url, "app") as manager:
+        counts = manager.Table("counts", default=int, key_type=str, on_recover=on_recover)
+        async with manager.stream("words", key_type=str) as events:
+            seen = 0
+            async for event in events:
+                counts[event.key] += 1
+                seen += 1
+                if seen == len(WORDS):
+                    break
+            assert counts.as_dict() == Counter(WORDS * 2)
+    assert snapshots == [Counter(WORDS)]

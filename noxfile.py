@@ -1,4 +1,4 @@
-"""Developer tasks: ``python3 -m nox -s tests|lint|bench|demo`` (``-l`` lists them).
+"""Developer tasks: ``python3 -m nox -s tests|lint|bench|demo|docs`` (``-l`` lists them).
 
 Each session builds a venv from the interpreter that runs nox (Python 3.11+), with the
 standard ``venv`` backend, so a machine with only Python and pip can run everything.
@@ -43,3 +43,10 @@ def demo(session: nox.Session) -> None:
     """The demo on the embedded broker (``-- --broker URL`` to use another one)."""
     session.install(".[broker]")
     session.run("python", "-m", "trio_tables", "demo", *session.posargs)
+
+
+@nox.session(python=None)
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/api.md from the docstrings."""
+    session.install("-e", ".[test]")
+    session.run("python", "docs/gen_api.py")

@@ -287,6 +287,7 @@ class TableManager:
             run_table, table, self._transport, self._committed_sources, self.commit_interval
         )
         self._table_channels[table.name] = channel
+        await table.on_start()
         if table.is_global:
             await self._start_global_table(table, channel)
             self._table_started[table.name].set()
@@ -850,7 +851,7 @@ class TableManager:
                     if not all(request.completed for request in requests):
                         return
                     done.update(missing)
-                if assignment.scope.cancel_called:
+                if assignment.is_revoked():
                     # Revoked while the last table finished: the cancellation would only
                     # land at the next checkpoint, after the partitions were activated
                     # again behind the revocation's back.
@@ -861,7 +862,7 @@ class TableManager:
                     table.activate(partitions)
                 for table in self.tables.values():
                     await table.on_recovery_completed(partitions)
-                if assignment.scope.cancel_called:
+                if assignment.is_revoked():
                     return
                 self._activate(partitions, assignment.tps)
                 self._supervisor.assignment_done(assignment)

@@ -49,6 +49,11 @@ class Assignment:
     def partitions(self) -> frozenset[int]:
         return frozenset(tp.partition for tp in self.tps)
 
+    def is_revoked(self) -> bool:
+        """Whether a revocation cancelled this assignment (a task of it learns at its
+        next checkpoint: check before acting on the assignment without one)."""
+        return self.scope.cancel_called
+
     def cancel(self) -> None:
         self.scope.cancel()
         for request in self.requests:

@@ -153,3 +153,19 @@ async def test_manager_hooks_follow_the_lifecycle() -> None:
     assert "revoked 2" in calls
     assert "Counts" in text
     assert "'k'" in text
+
+
+async def test_table_on_start_runs_when_the_tables_nursery_started() -> None:
+    started: list[str] = []
+
+    class Observed(trio_tables.Table):
+        async def on_start(self) -> None:
+            await trio.lowlevel.checkpoint()
+            started.append(self.name)
+
+    async with TableManager("app", broker=f"memory://faust-{uuid.uuid4().hex}") as manager:
+        early = manager.add(Observed(manager, "early"))
+        await manager.wait_until_tables_registered()  # its nursery runs: on_start ran
+        late = manager.add(Observed(manager, "late"))
+        await manager.wait_until_tables_registered()
+    assert started == [early.name, late.name]

@@ -5,7 +5,16 @@ from __future__ import annotations
 from . import errors
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
-from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue, Table
+from ._table import (
+    Collection,
+    GlobalSetTable,
+    GlobalTable,
+    SetTable,
+    SetValue,
+    Table,
+    WindowSet,
+    WindowWrapper,
+)
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 from ._types import CollectionT, GlobalTableT, TableManagerT, TableT
@@ -32,6 +41,8 @@ __all__ = [
     "TableT",
     "TumblingWindow",
     "Window",
+    "WindowSet",
+    "WindowWrapper",
     "current_event",
     "errors",
     "open_transport",

@@ -424,3 +424,32 @@ async def test_window_api_names(autojump_clock: Any) -> None:
         with pytest.raises(TypeError, match="global"):
             manager.GlobalTable("g").tumbling(1)
         await trio.lowlevel.checkpoint()
+
+
+async def test_sliding_windows_and_in_place_operators(autojump_clock: Any) -> None:
+    url = _url()
+    await _setup(url, [("k", 0, ts) for ts in (10_000, 12_000, 13_000)])
+    async with TableManager("ops", broker=url, commit_interval=0.5) as manager:
+        around = manager.Table("around", default=int, key_type=str).sliding(2, 1)
+        product = manager.Table("product", default=lambda: 1, key_type=str).tumbling(60)
+        tags = manager.Table("tags", default=list, key_type=str).hopping(20, 10)
+        async with manager.stream(TOPIC, key_type=str) as stream:
+
+            def body(event: Any) -> None:
+                around[event.key] += 1
+                product[event.key] *= 3
+                product[event.key] -= 1
+                tags[event.key] += [event.timestamp // 1000]
+
+            await _drive(manager, stream, 3, body)
+            # sliding: one window [t - 2 s, t + 1 s] per event timestamp t
+            assert around.windows() == {
+                ("k", (8_000, 11_001)): 1,
+                ("k", (10_000, 13_001)): 1,
+                ("k", (11_000, 14_001)): 1,
+            }
+            assert product.windows() == {("k", (0, 60_000)): ((3 * 1 - 1) * 3 - 1) * 3 - 1}
+            assert tags.windows() == {
+                ("k", (0, 20_000)): [10, 12, 13],
+                ("k", (10_000, 30_000)): [10, 12, 13],
+            }

@@ -816,6 +816,8 @@ class Collection:
         span = windowing.span
         for partition, key, start, value in closed:
             windowing.closed += 1
+            # Informational only (Faust's name, in seconds): expiry never reads it.
+            self.last_closed_window = max(self.last_closed_window, (start + span) / 1000)
             await call_callback(self.on_window_close, (key, (start, start + span)), value)
             if windowing.final_results_topic is not None:
                 await self.manager.send(

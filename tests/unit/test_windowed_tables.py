@@ -453,3 +453,86 @@ async def test_sliding_windows_and_in_place_operators(autojump_clock: Any) -> No
                 ("k", (0, 20_000)): [10, 12, 13],
                 ("k", (10_000, 30_000)): [10, 12, 13],
             }
+
+
+class WindowWorker:
+    """A windowed-count worker that runs until told to stop, recording close calls."""
+
+    def __init__(self, url: str, calls: list[Any]) -> None:
+        self.url = url
+        self.calls = calls
+        self.processed = 0
+        self.progress = trio.Event()
+        self.stop = trio.Event()
+        self.manager: TableManager | None = None
+        self.table: Any = None
+
+    async def run(self) -> None:
+        async with TableManager("rb", broker=self.url, commit_interval=0.5) as manager:
+            self.manager = manager
+            hits = manager.Table(
+                "hits", default=int, key_type=str,
+                on_window_close=lambda k, v: self.calls.append((k, v)),
+            ).tumbling(SIZE / 1000, expires=EXPIRES / 1000)
+            self.table = hits.table
+            async with manager.stream(TOPIC, key_type=str) as events, trio.open_nursery() as n:
+
+                async def process() -> None:
+                    async for event in events:
+                        hits[event.key] += 1
+                        self.processed += 1
+                        self.progress.set()
+                        self.progress = trio.Event()
+
+                n.start_soon(process)
+                await self.stop.wait()
+                n.cancel_scope.cancel()
+
+
+async def _until(condition: Callable[[], bool], *workers: WindowWorker) -> None:
+    while not condition():
+        async with trio.open_nursery() as nursery:
+
+            async def changed(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            async def tick() -> None:  # also re-check after rebalances
+                await trio.sleep(1)
+                nursery.cancel_scope.cancel()
+
+            for worker in workers:
+                nursery.start_soon(changed, worker.progress)
+            nursery.start_soon(tick)
+
+
+async def test_windows_close_once_across_rebalances(autojump_clock: Any) -> None:
+    url = _url()
+    events = [(f"p{p}-{i % 3}", p, i * 700 * (p + 1)) for i in range(120) for p in range(2)]
+    first, rest = events[: len(events) // 2], events[len(events) // 2 :]
+    await _setup(url, first)
+    calls: list[Any] = []
+    a, b = WindowWorker(url, calls), WindowWorker(url, calls)
+    with trio.fail_after(600):  # virtual seconds: a stuck rebalance fails, not hangs
+        await _rebalance_twice(a, b, url, len(first), rest, len(events))
+    # Each took a partition over from the other and restored its open windows.
+    assert b.table.replayed > 0
+    assert a.table.replayed > 0
+    expected_closed, _ = _split_expected(events)
+    assert len(calls) == len(expected_closed)
+    assert dict(calls) == expected_closed
+
+
+async def _rebalance_twice(
+    a: WindowWorker, b: WindowWorker, url: str, n_first: int, rest: list[Ev], total: int
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run)
+        await _until(lambda: a.processed >= n_first, a)
+        nursery.start_soon(b.run)  # takes a partition over: restores its open windows
+        await _until(lambda: b.manager is not None and bool(b.manager.active_partitions), a, b)
+        await _setup(url, rest)
+        await _until(lambda: a.processed + b.processed >= total, a, b)
+        b.stop.set()  # hands its partition back to a
+        await _until(lambda: a.manager is not None and len(a.manager.active_partitions) == 2, a)
+        a.stop.set()

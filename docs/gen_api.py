@@ -54,8 +54,8 @@ OUTLINE: list[tuple[str, str, list[str]]] = [
     ),
     (
         "Windowed tables",
-        "Window arithmetic is in integer milliseconds; a window is `[start, end)` "
-        "(SPEC.md section 3).",
+        "Window arithmetic is in integer milliseconds; a window is `[start, end)`. "
+        "Semantics (expiry, callbacks, relativity): [windowed tables](windowed-tables.md).",
         [
             "Window",
             "TumblingWindow",

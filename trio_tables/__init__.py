@@ -6,7 +6,16 @@ from . import errors
 from ._asyncio import asyncio_callback
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
-from ._table import Collection, GlobalSetTable, GlobalTable, SetTable, SetValue, Table
+from ._table import (
+    Collection,
+    GlobalSetTable,
+    GlobalTable,
+    SetTable,
+    SetValue,
+    Table,
+    WindowSet,
+    WindowWrapper,
+)
 from ._transport import open_transport
 from ._transport._base import TP, Record, RecordMetadata
 from ._types import CollectionT, GlobalTableT, TableManagerT, TableT
@@ -33,6 +42,8 @@ __all__ = [
     "TableT",
     "TumblingWindow",
     "Window",
+    "WindowSet",
+    "WindowWrapper",
     "asyncio_callback",
     "current_event",
     "errors",

@@ -19,15 +19,20 @@ from ._transport._base import TP, OutgoingRecord, Record
 
 __all__ = [
     "SOURCE_HEADER",
+    "STREAM_TIME_HEADER",
     "ChangelogBuffer",
     "ChangelogWrite",
     "SourceOffset",
     "changelog_topic_name",
     "decode_source",
+    "decode_stream_time",
     "encode_source",
 ]
 
 SOURCE_HEADER = "trio-tables-source"
+STREAM_TIME_HEADER = "trio-tables-stream-time"
+"""On records of windowed tables: the partition's stream time (ms) when written, so a
+new owner knows which windows were closed already."""
 
 
 def changelog_topic_name(app_id: str, table: str) -> str:
@@ -76,10 +81,12 @@ def caused_by_uncommitted_event(record: Record, committed: Mapping[TP, int | Non
 
 @attrs.frozen
 class ChangelogWrite:
-    """One pending table change: the new value (``None``: delete) and its cause."""
+    """One pending table change: the new value (``None``: delete), its cause, and for
+    windowed tables the partition's stream time."""
 
     value: Any
     source: SourceOffset | None
+    stream_time: int | None = None
 
 
 class ChangelogBuffer:
@@ -126,7 +133,11 @@ def to_records(
     """Encode table changes as changelog records for ``topic[partition]``."""
     records = []
     for key, write in writes:
-        headers = () if write.source is None else ((SOURCE_HEADER, encode_source(write.source)),)
+        headers: tuple[tuple[str, bytes], ...] = (
+            () if write.source is None else ((SOURCE_HEADER, encode_source(write.source)),)
+        )
+        if write.stream_time is not None:
+            headers += ((STREAM_TIME_HEADER, b"%d" % write.stream_time),)
         records.append(
             OutgoingRecord(
                 topic,
@@ -137,3 +148,11 @@ def to_records(
             )
         )
     return records
+
+
+def decode_stream_time(headers: Iterable[tuple[str, bytes]]) -> int | None:
+    """The stream time written in ``headers`` by a windowed table, if any."""
+    for name, value in headers:
+        if name == STREAM_TIME_HEADER:
+            return int(value)
+    return None

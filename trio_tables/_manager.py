@@ -731,6 +731,9 @@ class TableManager:
         still being processed (their changes wait for the next cycle)."""
         assert self._producer is not None
         included = self._ready | releasing
+        for table in list(self.tables.values()):
+            # Windows closed now are committed with the changes that closed them.
+            await table.close_expired_windows(included)
         async with self._quiesced(self.event_grace if grace is None else grace) as busy:
             snapshot = {
                 tp: o

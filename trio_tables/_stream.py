@@ -212,6 +212,12 @@ class Stream:
             current_event.set(event)
             return event
 
+    def ack(self) -> None:
+        """Mark the event in progress as processed now (its offset may be committed and
+        it is no longer the current event), as asking for the next event would. For
+        code that leaves ``async for`` with ``break`` and keeps the stream open."""
+        self._finish_current()
+
     def close(self) -> None:
         """Stop iterating; the event in progress (if any) counts as processed."""
         self._finish_current()

@@ -73,6 +73,11 @@ class Window:
         """Every window that holds ``timestamp``, oldest first."""
         raise NotImplementedError
 
+    @property
+    def span(self) -> int:
+        """Length of every window in ms: a window starting at ``s`` is ``[s, s + span)``."""
+        raise NotImplementedError
+
     def current(self, timestamp: int) -> WindowRange:
         """The newest window holding ``timestamp``."""
         return self._holding(timestamp)[-1]
@@ -114,6 +119,10 @@ class HoppingWindow(Window):
                 f"window size and step must be positive ({self.size}, {self.step} ms)"
             )
 
+    @property
+    def span(self) -> int:
+        return self.size
+
     def ranges(self, timestamp: int) -> list[WindowRange]:
         size, step = self.size, self.step
         last = (timestamp // step) * step  # the newest start <= timestamp
@@ -131,6 +140,10 @@ class TumblingWindow(Window):
         if self.size <= 0:
             raise ValueError(f"window size must be positive ({self.size} ms)")
 
+    @property
+    def span(self) -> int:
+        return self.size
+
     def ranges(self, timestamp: int) -> list[WindowRange]:
         start = (timestamp // self.size) * self.size
         return [(start, start + self.size)]
@@ -143,6 +156,10 @@ class SlidingWindow(Window):
 
     before: int = attrs.field(converter=to_ms)
     after: int = attrs.field(converter=to_ms)
+
+    @property
+    def span(self) -> int:
+        return self.before + self.after + 1
 
     def ranges(self, timestamp: int) -> list[WindowRange]:
         return [(timestamp - self.before, timestamp + self.after + 1)]

@@ -12,6 +12,7 @@ __all__ = [
     "BrokerUnavailable",
     "CommitFailed",
     "DeliveryFailed",
+    "NoWindowTimestamp",
     "PartitionCountMismatch",
     "PartitionNotOwned",
     "ProducerFenced",
@@ -160,3 +161,15 @@ class AsyncioCodeNotMarked(TrioTablesError, TypeError):
             "loop), or call the asyncio part with `await manager.run_asyncio(fn, *args)`"
         )
         self.callback = callback
+
+
+class NoWindowTimestamp(TrioTablesError, RuntimeError):
+    """A windowed table was used with no timestamp to pick the window by."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"windowed table {table!r} needs a timestamp to choose the window: use it while "
+            f"processing a stream event (relative_to_stream, the default), pass event=..., "
+            f"use `with table.at(timestamp_ms): ...`, or make it relative_to_now()"
+        )
+        self.table = table

@@ -54,10 +54,13 @@ COLLECTION = [
     "changelog_topic",
     "changelog_topic_name",
     "apply_changelog_batch",
+    "using_window",
+    "hopping",
+    "tumbling",
     "as_ansitable",
     "logger",
 ]
-# using_window, hopping, tumbling and WindowWrapper come with the windowed tables.
+# WindowWrapper's names: tests/unit/test_windowed_tables.py::test_window_api_names
 TABLE = ["on_key_get", "on_key_set", "on_key_del"]
 MANAGER = [
     "add",

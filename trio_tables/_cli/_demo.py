@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +41,14 @@ from .._transport import open_transport
 from .._transport._base import Transport
 from ._bars import RecoveryBars, recovery_bars
 from ._common import EXIT_FAILURE, EXIT_OK, transport_options
-from ._demo_windows import NOT_AVAILABLE, WindowedHits, open_hits, render_hits
+from ._demo_windows import (
+    NOT_AVAILABLE,
+    WINDOW,
+    WindowedHits,
+    latest_hits,
+    open_hits,
+    render_hits,
+)
 
 __all__ = ["add_parser", "demo_words", "run_demo"]
 
@@ -170,7 +178,7 @@ class Demo:
                             async for event in events:
                                 counts[event.key] += 1
                                 if hits is not None:
-                                    hits.count(event.key)
+                                    hits.count(event.key, event.offset)
                                 worker.processed += 1
 
                         nursery.start_soon(count_words)
@@ -201,8 +209,9 @@ def _numbers(values: frozenset[int]) -> str:
     return ", ".join(map(str, sorted(values))) or "none"
 
 
-async def _produce(demo: Demo, words: list[str]) -> None:
-    await produce(demo.url, demo.topic, [(w, {"word": w}) for w in words], partitions=None)
+async def _produce(demo: Demo, words: list[str], timestamp: int) -> None:
+    records = [(word, {"word": word}) for word in words]
+    await produce(demo.url, demo.topic, records, partitions=None, timestamp=timestamp)
 
 
 async def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -233,7 +242,10 @@ async def _story(
     first, second = words[: len(words) * 3 // 5], words[len(words) * 3 // 5 :]
     await transport.create_topic(demo.topic, PARTITIONS)
     out.print(f"[bold]app[/]      {demo.app}: tables counts and hits, topic {demo.topic}")
-    await _produce(demo, first)
+    # Event time: the first words now, the others one window later (so the windowed
+    # count has two windows whose contents the demo can check).
+    start = int(time.time() * 1000)
+    await _produce(demo, first, start)
     out.print(
         f"[bold]produce[/]  {len(first):,} word events (keyed by word, {PARTITIONS} partitions)"
     )
@@ -258,7 +270,7 @@ async def _story(
             b.stop.set()
             await b.stopped.wait()
             await demo.settled([a])
-        await _produce(demo, second)
+        await _produce(demo, second, start + int(WINDOW * 1000))
         out.print(f"[bold]produce[/]  {len(second):,} more word events")
 
         out.print("[bold]restart[/]  worker-b starts again with an empty store")
@@ -271,7 +283,7 @@ async def _story(
         out.print(f"[bold]count[/]    {_processed(len(words), [a, first_b, b])}")
         out.print(f"           worker-b restored {_restored(b)} changelog records")
 
-        code = _print_tables(out, [a, b], Counter(words))
+        code = _print_tables(out, [a, first_b, b], Counter(words), _expected_hits(first, second))
         a.stop.set()
         b.stop.set()
     out.print("[bold]stop[/]     both workers left the group; the changelog topics keep the tables")
@@ -294,11 +306,21 @@ def _restored(worker: Worker) -> str:
     return f"{total:,}"
 
 
-def _print_tables(out: Console, workers: Sequence[Worker], expected: Counter[str]) -> int:
+def _expected_hits(first: list[str], second: list[str]) -> dict[str, int]:
+    """Per word, its count in the window of its last event (the second window for
+    words produced after the restart, else the first)."""
+    return {**Counter(first), **Counter(second)}
+
+
+def _print_tables(
+    out: Console, workers: Sequence[Worker], expected: Counter[str], hits_expected: dict[str, int]
+) -> int:
     merged: dict[str, int] = {}
     holder: dict[str, str] = {}
     for worker in workers:
         assert worker.counts is not None
+        if worker.stopped.is_set():
+            continue  # the first worker-b: its partitions are elsewhere now
         for word, count in worker.counts.as_dict().items():
             merged[word] = merged.get(word, 0) + count
             holder[word] = worker.name if word not in holder else f"{holder[word]}+{worker.name}"
@@ -318,15 +340,31 @@ def _print_tables(out: Console, workers: Sequence[Worker], expected: Counter[str
         out.print(NOT_AVAILABLE)
 
     total = sum(expected.values())
+    code = EXIT_OK
     if merged == dict(expected):
         out.print(
             f"[green]ok[/]: the counts on both workers add up to exactly the {total:,} "
             f"words produced ({len(expected)} distinct words)"
         )
-        return EXIT_OK
-    wrong = sorted(k for k in {*merged, *expected} if merged.get(k) != expected.get(k))
+    else:
+        code = EXIT_FAILURE
+        _print_wrong(out, "counts", merged, expected)
+    if hits:
+        latest = latest_hits(hits)
+        if latest == hits_expected:
+            out.print(
+                f"[green]ok[/]: every word's hits in the window of its last event match the "
+                f"events produced in that window ({len(latest)} words, 2 windows)"
+            )
+        else:
+            code = EXIT_FAILURE
+            _print_wrong(out, "hits", latest, hits_expected)
+    return code
+
+
+def _print_wrong(out: Console, what: str, got: dict[str, int], want: dict[str, int]) -> None:
+    wrong = sorted(k for k in {*got, *want} if got.get(k) != want.get(k))
     out.print(
-        f"[bold red]wrong[/]: {len(wrong)} words have other counts than produced, e.g. "
-        + ", ".join(f"{w}: {merged.get(w, 0)} != {expected.get(w, 0)}" for w in wrong[:5])
+        f"[bold red]wrong[/]: {len(wrong)} words have other {what} than produced, e.g. "
+        + ", ".join(f"{w}: {got.get(w, 0)} != {want.get(w, 0)}" for w in wrong[:5])
     )
-    return EXIT_FAILURE

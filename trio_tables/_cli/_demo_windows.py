@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 from .._manager import TableManager
 from .._table import Table
 
-__all__ = ["NOT_AVAILABLE", "WindowedHits", "open_hits", "render_hits"]
+__all__ = ["NOT_AVAILABLE", "WindowedHits", "latest_hits", "open_hits", "render_hits"]
 
 WINDOW = 10.0  # seconds per tumbling window
 EXPIRES = 3600.0  # windows are kept (and restorable) for an hour
@@ -32,13 +32,26 @@ class WindowedHits:
 
     def __init__(self, hits: Any) -> None:
         self.hits = hits
-        self.latest: dict[str, int] = {}  # word -> its window's count at its last event
+        # word -> (offset of its last event processed here, its window's count then)
+        self.latest: dict[str, tuple[int, int]] = {}
 
-    def count(self, word: str) -> None:
+    def count(self, word: str, offset: int) -> None:
         """Called while processing the event of ``word`` (the window is the event's)."""
         hits = self.hits
         hits[word] += 1
-        self.latest[word] = hits[word].current()
+        self.latest[word] = (offset, hits[word].current())
+
+
+def latest_hits(parts: Sequence[WindowedHits]) -> dict[str, int]:
+    """Per word, the count of its window at its last event, over every worker (the
+    worker that processed the word's last event knows; a word's events are in one
+    partition, so the highest offset is the last)."""
+    merged: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for word, seen in part.latest.items():
+            if word not in merged or seen > merged[word]:
+                merged[word] = seen
+    return {word: count for word, (_, count) in merged.items()}
 
 
 def open_hits(manager: TableManager) -> WindowedHits | None:
@@ -56,9 +69,7 @@ def open_hits(manager: TableManager) -> WindowedHits | None:
 
 def render_hits(parts: Sequence[WindowedHits], limit: int = 10) -> RichTable:
     """The words with the most hits in their latest window, over every worker."""
-    latest: dict[str, int] = {}
-    for part in parts:
-        latest.update(part.latest)
+    latest = latest_hits(parts)
     view = RichTable(
         title=f"[bold]table hits[/]: top words in their latest {WINDOW:g}-second window",
         title_justify="left",

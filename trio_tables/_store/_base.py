@@ -53,6 +53,7 @@ class Store(Protocol):
         offset: int | None,
         *,
         source_offsets: Mapping[str, int] | None = None,
+        meta: Mapping[str, int] | None = None,
     ) -> None:
         """Apply ``changes`` (``None`` deletes) and record ``offset`` as the last applied
         changelog offset, atomically. ``offset=None`` keeps the recorded offset.
@@ -62,7 +63,14 @@ class Store(Protocol):
         committed. On restart, a group commit below them means the worker died between
         persisting and committing, so the store is ahead of the changelog's committed
         state and is rebuilt. ``None`` keeps what was recorded.
+
+        ``meta`` updates named integers kept with the partition's data (a windowed
+        table's stream time), in the same transaction.
         """
+        ...
+
+    def persisted_meta(self, partition: int) -> dict[str, int]:
+        """Every ``meta`` value recorded for ``partition``."""
         ...
 
     def persisted_source_offsets(self, partition: int) -> dict[str, int]:

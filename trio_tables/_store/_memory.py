@@ -20,6 +20,7 @@ class MemoryStore:
         self._data: dict[int, dict[Any, Any]] = {}
         self._offsets: dict[int, int] = {}
         self._sources: dict[int, dict[str, int]] = {}
+        self._meta: dict[int, dict[str, int]] = {}
 
     def get(self, partition: int, key: Any) -> Any:
         return self._data.get(partition, {}).get(key, MISSING)
@@ -40,6 +41,7 @@ class MemoryStore:
         offset: int | None,
         *,
         source_offsets: Mapping[str, int] | None = None,
+        meta: Mapping[str, int] | None = None,
     ) -> None:
         data = self._data.setdefault(partition, {})
         for key, value in changes.items():
@@ -51,6 +53,11 @@ class MemoryStore:
             self._offsets[partition] = offset
         if source_offsets is not None:
             self._sources[partition] = dict(source_offsets)
+        if meta is not None:
+            self._meta.setdefault(partition, {}).update(meta)
+
+    def persisted_meta(self, partition: int) -> dict[str, int]:
+        return dict(self._meta.get(partition, {}))
 
     def persisted_source_offsets(self, partition: int) -> dict[str, int]:
         return dict(self._sources.get(partition, {}))
@@ -62,8 +69,10 @@ class MemoryStore:
         self._data.pop(partition, None)
         self._offsets.pop(partition, None)
         self._sources.pop(partition, None)
+        self._meta.pop(partition, None)
 
     def close(self) -> None:
         self._data.clear()
         self._offsets.clear()
         self._sources.clear()
+        self._meta.clear()

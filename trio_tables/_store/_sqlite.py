@@ -27,6 +27,7 @@ __all__ = ["SqliteStore"]
 
 _OFFSET_KEY = "__offset__"
 _SOURCE_KEY = "__source__"
+_META_KEY = "__meta__"
 _PREFIX = "p"
 
 
@@ -92,7 +93,7 @@ class SqliteStore:
         if partition not in self._on_disk:
             return 0
         table = self._dict(partition)
-        return len(table) - sum(key in table for key in (_OFFSET_KEY, _SOURCE_KEY))
+        return len(table) - sum(key in table for key in (_OFFSET_KEY, _SOURCE_KEY, _META_KEY))
 
     def partitions(self) -> frozenset[int]:
         return frozenset(self._on_disk)
@@ -104,6 +105,7 @@ class SqliteStore:
         offset: int | None,
         *,
         source_offsets: Mapping[str, int] | None = None,
+        meta: Mapping[str, int] | None = None,
     ) -> None:
         table = self._dict(partition)
         encode_key, encode_value = self._key_codec.encode, self._value_codec.encode
@@ -119,6 +121,10 @@ class SqliteStore:
         if source_offsets is not None:
             encoded = json.dumps(dict(source_offsets), sort_keys=True).encode()
             upserts.append((_SOURCE_KEY, encoded))  # type: ignore[arg-type]
+        if meta:
+            merged = {**self.persisted_meta(partition), **meta}
+            encoded = json.dumps(merged, sort_keys=True).encode()
+            upserts.append((_META_KEY, encoded))  # type: ignore[arg-type]
         if upserts:
             table.update(upserts)
         if deletes:
@@ -140,6 +146,15 @@ class SqliteStore:
             return {}
         try:
             raw = self._dict(partition)[_SOURCE_KEY]
+        except KeyError:
+            return {}
+        return {str(k): int(v) for k, v in json.loads(raw).items()}
+
+    def persisted_meta(self, partition: int) -> dict[str, int]:
+        if partition not in self._on_disk:
+            return {}
+        try:
+            raw = self._dict(partition)[_META_KEY]
         except KeyError:
             return {}
         return {str(k): int(v) for k, v in json.loads(raw).items()}

@@ -6,6 +6,7 @@ from ._collection import Collection, RecoveryRequest, StandbyUpdate
 from ._global import GlobalTable
 from ._set import GlobalSetTable, SetTable, SetValue
 from ._table import Table
+from ._windowed import WindowSet, WindowWrapper
 
 __all__ = [
     "Collection",
@@ -16,4 +17,6 @@ __all__ = [
     "SetValue",
     "StandbyUpdate",
     "Table",
+    "WindowSet",
+    "WindowWrapper",
 ]

@@ -16,8 +16,8 @@ the offset of the last acknowledged record, in one store transaction.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,12 +28,14 @@ import attrs
 import trio
 from kafka.partitioner.default import murmur2
 
+from .._asyncio import is_asyncio_function, run_asyncio
 from .._changelog import (
     ChangelogBuffer,
     ChangelogWrite,
     SourceOffset,
     caused_by_uncommitted_event,
     changelog_topic_name,
+    decode_stream_time,
     to_records,
 )
 from .._codecs import Codec, resolve_codec
@@ -42,9 +44,20 @@ from .._store import Store, open_store
 from .._store._base import MISSING
 from .._stream import Stream, current_event
 from .._transport._base import TP, OutgoingRecord, Record, RestoreConsumer
+from .._windows import (
+    Duration,
+    HoppingWindow,
+    SlidingWindow,
+    TumblingWindow,
+    Window,
+    to_ms,
+)
 from ..errors import PartitionNotOwned, TableWriteOutsideStream
 from ._callbacks import call_callback
 from ._joins import Joined, JoinKey, lookup_join
+from ._values import TOMBSTONE
+from ._values import detached as _detached
+from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
 
 if TYPE_CHECKING:
     from .._manager import TableManager
@@ -53,21 +66,9 @@ __all__ = ["TOMBSTONE", "Collection", "RecoveryRequest", "RestoreReport", "Stand
 
 logger = logging.getLogger("trio_tables.table")
 
-TOMBSTONE: Any = attrs.make_class("Tombstone", [], frozen=True)()
-
-_IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
-
-
-def _detached(value: Any) -> Any:
-    """A value the caller may mutate without changing the table."""
-    if isinstance(value, _IMMUTABLE):
-        return value
-    if attrs.has(type(value)) and getattr(type(value), "__attrs_frozen__", False):
-        return value
-    if isinstance(value, tuple) and all(isinstance(v, _IMMUTABLE) for v in value):
-        return value
-    return copy.deepcopy(value)
-
+# Extra changelog retention of windowed tables past a window's expiry (as Kafka
+# Streams' windowstore.changelog.additional.retention.ms).
+_RETENTION_MARGIN = 24 * 3600 * 1000
 
 @attrs.define(eq=False)
 class RecoveryRequest:
@@ -194,6 +195,8 @@ class Collection:
         self.replayed = 0  # changelog records applied by recovery, since start
         self.standby_applied = 0  # changelog records applied by tailing, since start
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
+        # Set by using_window(): the table's keys are then (key, window start).
+        self._windowing: Windowing | None = None
 
     def _stored_value_codec(self, codec: Codec) -> Codec:
         """The codec of values as stored and written to the changelog (a subclass may
@@ -246,8 +249,15 @@ class Collection:
                 f"{self.label}: partition count not known yet (no source topic joined); "
                 "pass partitions= to the table"
             )
-        digest: int = murmur2(self.key_codec.encode(key))
+        digest: int = murmur2(self._partition_key_bytes(key))
         return (digest & 0x7FFFFFFF) % self.partitions
+
+    def _partition_key_bytes(self, key: Any) -> bytes:
+        """What the partitioner hashes: the key's bytes; for a windowed table the bytes
+        of the key without its window, so all windows of a key share a partition."""
+        if self._windowing is not None:
+            return self._windowing.inner_key_codec.encode(key[0])
+        return self.key_codec.encode(key)
 
     @contextmanager
     def partition(self, partition: int) -> Iterator[None]:
@@ -311,7 +321,11 @@ class Collection:
     # -- writes ------------------------------------------------------------------------
     def _write(self, key: Any, value: Any) -> None:
         """Record ``value`` (``None`` deletes) for ``key``; checks types first."""
-        partition = self._write_partition(key)
+        self._put(self._write_partition(key), key, value)
+
+    def _put(self, partition: int, key: Any, value: Any) -> None:
+        """Record ``value`` (``None`` deletes) for ``key`` in ``partition``, caused by
+        the current event (if any)."""
         self.key_codec.encode(key)  # TypeError now, not at commit time
         if value is not None:
             self.value_codec.encode(value)
@@ -322,12 +336,16 @@ class Collection:
         if overlay is None:
             overlay = self._overlay[partition] = {}
         overlay[key] = TOMBSTONE if value is None else value
+        stream_time = None
+        if self._windowing is not None:
+            self._windowing.track(partition, key, deleted=value is None)
+            stream_time = self._windowing.stream_time.get(partition)
         buffer = self._buffers.get(partition)
         if buffer is None:
             buffer = self._buffers[partition] = ChangelogBuffer(
                 coalesce=self.manager.coalesce_changelog
             )
-        buffer.add(key, ChangelogWrite(value, source))
+        buffer.add(key, ChangelogWrite(value, source, stream_time))
 
     def send_changelog(
         self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
@@ -389,6 +407,7 @@ class Collection:
                 {k: (None if v is TOMBSTONE else v) for k, v in changes.items()},
                 offset,
                 source_offsets=sources,
+                meta=self._window_meta(partition),
             )
             if offset is not None:
                 self.local_offsets[partition] = offset
@@ -401,12 +420,29 @@ class Collection:
             self._persisting.pop(partition, None)
             self._buffers.pop(partition, None)
 
+    def _window_meta(self, partition: int) -> dict[str, int] | None:
+        if self._windowing is None:
+            return None
+        stream_time = self._windowing.stream_time.get(partition)
+        return None if stream_time is None else {STREAM_TIME: stream_time}
+
     # -- ownership (called by the manager) ------------------------------------------------
     def activate(self, partitions: frozenset[int]) -> None:
+        if self._windowing is not None:
+            for partition in partitions - self._active:
+                # Restored windows expire like any other (Faust never expired them).
+                self._windowing.rebuild(
+                    partition, (key for key, _ in self._partition_items(partition))
+                )
+                meta = self.data.persisted_meta(partition)
+                self._windowing.restore_stream_time(partition, meta.get(STREAM_TIME))
         self._active |= partitions
 
     def deactivate(self, partitions: frozenset[int]) -> None:
         self._active -= partitions
+        if self._windowing is not None:
+            for partition in partitions:
+                self._windowing.forget(partition)
 
     @property
     def active_partitions(self) -> frozenset[int]:
@@ -422,6 +458,9 @@ class Collection:
         for partition in self.data.partitions():
             self.data.reset_partition(partition)
         self.local_offsets.clear()
+        if self._windowing is not None:
+            self._windowing.index.clear()
+            self._windowing.stream_time.clear()
         self._overlay.clear()
         self._persisting.clear()
         self._buffers.clear()
@@ -563,6 +602,8 @@ class Collection:
     def _reset_partition(self, partition: int) -> None:
         self.data.reset_partition(partition)
         self.local_offsets.pop(partition, None)
+        if self._windowing is not None:
+            self._windowing.forget(partition)
 
     async def _apply_restored(
         self,
@@ -600,8 +641,14 @@ class Collection:
             applied += 1
             for callback in self._changelog_callbacks:
                 await call_callback(callback, record)
+        meta = None
+        if self._windowing is not None:
+            times = [t for r in records if (t := decode_stream_time(r.headers)) is not None]
+            if times:
+                stored = self.data.persisted_meta(partition).get(STREAM_TIME)
+                meta = {STREAM_TIME: max(times) if stored is None else max(stored, *times)}
         await self._run_store(
-            partial(self.data.write_batch, source_offsets=sources),
+            partial(self.data.write_batch, source_offsets=sources, meta=meta),
             partition,
             changes,
             records[-1].offset,
@@ -640,11 +687,162 @@ class Collection:
             console.print(table)
         return capture.get()
 
-    def on_window_close(self, key: Any, value: Any) -> None:
-        """Called when a window of ``key`` closes with its final ``value`` (windowed
-        tables); calls the ``on_window_close=`` callback given to the table."""
-        if self._on_window_close is not None:
-            self._on_window_close(key, value)
+    def on_window_close(self, key: Any, value: Any) -> Any:
+        """Called when a window closes, with ``key`` = ``(key, (start, end))`` and the
+        window's final ``value`` (windowed tables); calls the ``on_window_close=``
+        callback given to the table and returns its result (awaited when it is a
+        coroutine; a callback marked with ``asyncio_callback`` runs on the manager's
+        trio-asyncio loop)."""
+        callback = self._on_window_close
+        if callback is None:
+            return None
+        if is_asyncio_function(callback):
+            return run_asyncio(callback, key, value)
+        return callback(key, value)
+
+    # -- windows ------------------------------------------------------------------------------
+    def tumbling(
+        self,
+        size: Duration,
+        expires: Duration | None = None,
+        *,
+        key_index: bool = False,
+        **options: Any,
+    ) -> WindowWrapper:
+        """Make this table windowed by back-to-back windows of ``size`` (see
+        :meth:`using_window` for ``expires`` and the options)."""
+        return self.using_window(
+            TumblingWindow(size, expires=expires), key_index=key_index, **options
+        )
+
+    def hopping(
+        self,
+        size: Duration,
+        step: Duration,
+        expires: Duration | None = None,
+        *,
+        key_index: bool = False,
+        **options: Any,
+    ) -> WindowWrapper:
+        """Make this table windowed by windows of ``size`` starting every ``step``."""
+        return self.using_window(
+            HoppingWindow(size, step, expires=expires), key_index=key_index, **options
+        )
+
+    def sliding(
+        self,
+        before: Duration,
+        after: Duration,
+        expires: Duration | None = None,
+        *,
+        key_index: bool = False,
+        **options: Any,
+    ) -> WindowWrapper:
+        """Make this table windowed by one window ``[t - before, t + after]`` per
+        timestamp ``t``."""
+        return self.using_window(
+            SlidingWindow(before, after, expires=expires), key_index=key_index, **options
+        )
+
+    def using_window(
+        self,
+        window: Window,
+        *,
+        key_index: bool = False,
+        grace: Duration = 0,
+        expiry: Expiry = "stream_time",
+        clock: Callable[[], float] = time.time,
+        final_results_topic: str | None = None,
+    ) -> WindowWrapper:
+        """Make this table windowed by ``window`` and return its :class:`WindowWrapper`.
+        Call it right after creating the table (before the manager starts it).
+
+        - ``window.expires``: how long a window is kept after it ends, measured on the
+          partition's stream time (newest timestamp seen) minus ``grace``, or on
+          ``clock()`` with ``expiry="wall_clock"``. Then the window *closes*: it is
+          removed from the store, tombstoned in the changelog, passed to
+          ``on_window_close((key, (start, end)), value)`` and, with
+          ``final_results_topic``, sent there (key: the key; value:
+          ``{"start", "end", "value"}``). Updates arriving for a closed window are
+          dropped (counted in ``late_updates``). ``expires=None``: windows never close.
+        - ``key_index``: Faust's option; ``keys()``/``items()``/``values()`` work
+          either way, and ``key_index_table`` is offered when it is set.
+        - The changelog gets ``cleanup.policy=compact,delete`` and ``retention.ms`` of
+          window span + expires + grace + one day, unless ``extra_topic_configs`` says
+          otherwise (a custom ``changelog_topic`` is kept).
+        """
+        if self.is_global:
+            raise TypeError(f"{self.label}: global tables cannot be windowed")
+        if self._windowing is not None:
+            raise RuntimeError(f"{self.label} is windowed already")
+        if self.name in self.manager._changelogs_ready or self._active:
+            raise RuntimeError(
+                f"{self.label} is running already: make a table windowed right after "
+                "creating it, before the manager starts it"
+            )
+        self.window = window
+        self._windowing = Windowing(
+            window,
+            inner_key_codec=self.key_codec,
+            grace=to_ms(grace),
+            expiry=expiry,
+            clock=clock,
+            final_results_topic=final_results_topic,
+        )
+        self.key_codec = WindowedKeyCodec(self.key_codec)
+        self.data.close()
+        self.data = open_store(
+            self.store_url,
+            name=f"{self.manager.app_id}-{self.name}",
+            key_codec=self.key_codec,
+            value_codec=self.value_codec,
+        )
+        if window.expires is not None:
+            retention = window.span + window.expires + self._windowing.grace + _RETENTION_MARGIN
+            self.extra_topic_configs = {
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(retention),
+                **self.extra_topic_configs,
+            }
+        return WindowWrapper(self, key_index=key_index)
+
+    @property
+    def late_updates(self) -> int:
+        """Updates of a windowed table dropped because their window had closed."""
+        return 0 if self._windowing is None else self._windowing.late
+
+    async def close_expired_windows(self, partitions: frozenset[int] | set[int]) -> int:
+        """Close the windows of ``partitions`` (active ones) whose time has come (see
+        :meth:`using_window`); the number closed. Called by the manager at the start of
+        each commit cycle, so closings are committed with the changes before them.
+        Cancellation: windows whose callbacks did not run yet stay closed in the table
+        (their tombstones are queued); a crash before the commit opens them again, so
+        callbacks run at least once, and exactly once when the worker stops cleanly."""
+        windowing = self._windowing
+        if windowing is None:
+            return 0
+        closed: list[tuple[int, Any, int, Any]] = []
+        for partition in sorted(set(partitions) & self._active):
+            for start, keys in windowing.due(partition):
+                for key in keys:
+                    value = self._lookup(partition, (key, start))
+                    self._put(partition, (key, start), None)
+                    if value is not MISSING and value is not TOMBSTONE:
+                        closed.append((partition, key, start, value))
+        span = windowing.span
+        for partition, key, start, value in closed:
+            windowing.closed += 1
+            # Informational only (Faust's name, in seconds): expiry never reads it.
+            self.last_closed_window = max(self.last_closed_window, (start + span) / 1000)
+            await call_callback(self.on_window_close, (key, (start, start + span)), value)
+            if windowing.final_results_topic is not None:
+                await self.manager.send(
+                    windowing.final_results_topic,
+                    key,
+                    {"start": start, "end": start + span, "value": value},
+                    partition=partition,
+                )
+        return len(closed)
 
     # -- joins and Faust's stream plumbing ---------------------------------------------------
     def _join_lookup(self, key: Any) -> tuple[bool, Any]:

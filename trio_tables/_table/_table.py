@@ -6,7 +6,10 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from .._store._base import MISSING
-from ._collection import TOMBSTONE, Collection, _detached
+from ._collection import Collection
+from ._values import TOMBSTONE
+from ._values import detached as _detached
+from ._windowed import WindowWrapper
 
 __all__ = ["Table"]
 
@@ -20,7 +23,12 @@ class Table(Collection, MutableMapping[Any, Any]):
     (stored on the first write, like ``defaultdict``). Setting ``None`` deletes the key.
     Values read are copies (or immutable): mutating them never changes the table; write
     the value back instead.
+
+    ``table.tumbling(...)``, ``.hopping(...)``, ``.sliding(...)`` make it windowed and
+    return its :class:`WindowWrapper`.
     """
+
+    WindowWrapper = WindowWrapper
 
     def __getitem__(self, key: Any) -> Any:
         value = self._read(key)

@@ -192,3 +192,29 @@ async def test_on_recover_sees_the_recovered_table_before_new_events(memory_url:
                     break
             assert counts.as_dict() == Counter(WORDS * 2)
     assert snapshots == [Counter(WORDS)]
+
+
+async def test_window_close_callbacks_may_be_asyncio(memory_url: str) -> None:
+    for key, timestamp in [("a", 1_000), ("a", 2_000), ("b", 3_000), ("a", 100_000)]:
+        await produce(memory_url, "clicks", [(key, 1)], partitions=1, timestamp=timestamp)
+    closed: list[tuple[Any, int]] = []
+
+    @trio_tables.asyncio_callback
+    async def on_window_close(key: Any, value: int) -> None:
+        await asyncio.sleep(0)
+        closed.append((key, value))
+
+    async with open_test_manager(memory_url) as manager:
+        hits = manager.Table(
+            "hits", default=int, key_type=str, value_type=int, on_window_close=on_window_close
+        ).tumbling(10.0, expires=20.0)
+        async with manager.stream("clicks", key_type=str) as events:
+            seen = 0
+            async for event in events:
+                hits[event.key] += 1
+                seen += 1
+                if seen == 4:
+                    break
+            events.ack()
+            await manager.commit()  # closes the windows the stream time left behind
+    assert sorted(closed) == [(("a", (0, 10_000)), 2), (("b", (0, 10_000)), 1)]

@@ -536,3 +536,12 @@ async def _rebalance_twice(
         b.stop.set()  # hands its partition back to a
         await _until(lambda: a.manager is not None and len(a.manager.active_partitions) == 2, a)
         a.stop.set()
+
+
+def test_cli_shows_windowed_keys_as_key_and_start() -> None:
+    from trio_tables._cli._rebuild import AnyCodec
+
+    windowed = WindowedKeyCodec(JsonCodec())
+    assert AnyCodec().decode(windowed.encode(("k", 1_700_000_000_000))) == ("k", 1_700_000_000_000)
+    assert AnyCodec().decode(windowed.encode((["a", 1], 0))) == (("a", 1), 0)
+    assert AnyCodec().decode(b"12345678901") == 12345678901  # plain JSON stays plain

@@ -56,8 +56,9 @@ def _hashable(value: Any) -> Any:
 
 @attrs.frozen
 class AnyCodec:
-    """Decodes what an app may have written: JSON (lists become tuples, so keys of
-    windowed tables stay usable as keys), else UTF-8 text, else the bytes."""
+    """Decodes what an app may have written: JSON (lists become tuples, so they stay
+    usable as keys), a windowed table's ``(key, window start)``, else UTF-8 text, else
+    the bytes."""
 
     def encode(self, value: Any) -> bytes:
         return json.dumps(value).encode()
@@ -67,6 +68,16 @@ class AnyCodec:
             return _hashable(json.loads(data))
         except ValueError:
             pass
+        if len(data) > 8:
+            # A windowed table's key: the key's JSON, then the window start as 8
+            # big-endian bytes (never valid JSON as a whole: the start's first byte is a
+            # control character for any timestamp before the year 4 million).
+            try:
+                key = _hashable(json.loads(data[:-8]))
+            except ValueError:
+                pass
+            else:
+                return (key, int.from_bytes(data[-8:], "big", signed=True))
         try:
             return bytes(data).decode()
         except UnicodeDecodeError:

@@ -334,17 +334,22 @@ class MemoryGroupConsumer(_MemoryFetching):
     async def close(self) -> None:
         """Leave the group: revoke through the listener, commit what it returns."""
         with trio.CancelScope(shield=True):
-            member, self._member = self._member, None
+            member = self._member
             if member is None:
                 return
-            if member.evicted:
-                if lost := self._assignment:
-                    self._assignment = frozenset()
-                    await self._listener.on_partitions_lost(lost)
-            else:
-                if self._assignment:
-                    await self._revoke(member, self._assignment)
-                self._group.leave(member)
+            try:
+                if member.evicted:
+                    if lost := self._assignment:
+                        self._assignment = frozenset()
+                        await self._listener.on_partitions_lost(lost)
+                else:
+                    # Still a member while the listener runs (as on Kafka): an
+                    # exactly-once commit of the revoked partitions needs its metadata.
+                    if self._assignment:
+                        await self._revoke(member, self._assignment)
+                    self._group.leave(member)
+            finally:
+                self._member = None
             self._forget(list(self._positions))
 
     # -- offsets -------------------------------------------------------------------------

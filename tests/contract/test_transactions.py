@@ -10,11 +10,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from trio_tables._transport import open_transport
 from trio_tables._transport._base import TP, Transport
-from trio_tables.errors import DeliveryFailed, ProducerFenced, TrioTablesError
+from trio_tables.errors import DeliveryFailed, ProducerFenced, TransactionError, TrioTablesError
 
 from ._helpers import RecordingListener, flatten, read_to_end, wait_for_assignment
-from .conftest import Names
+from .conftest import KAFKA_SETTINGS, Names
 
 
 async def _values(transport: Transport, tp: TP, isolation: str) -> list[bytes | None]:
@@ -141,6 +142,29 @@ async def test_zombie_producer_is_fenced(transport: Transport, names: Names) -> 
         isinstance(fenced, DeliveryFailed) and "ProducerFenced" in repr(fenced.__cause__)
     ), repr(fenced)
     assert await _values(transport, tp, "read_committed") == [b"successor"]
+
+
+async def test_a_fenced_zombies_commit_fails_instead_of_hanging(
+    broker_url: str, names: Names
+) -> None:
+    """kafka-python waits for EndTxn without a bound and Tansu never answers a fenced
+    producer's: the commit must fail (ProducerFenced, or a TransactionError once
+    end_transaction_timeout passed), never block the worker for good."""
+    topic = await names.topic(1)
+    transactional_id = names.unique("tx")
+    options = {} if names.is_memory else {**KAFKA_SETTINGS, "end_transaction_timeout": 3.0}
+    async with (
+        open_transport(broker_url, **options) as transport,
+        transport.open_producer(transactional_id=transactional_id) as zombie,
+    ):
+        await zombie.init_transactions()
+        await zombie.begin_transaction()
+        await zombie.send(topic, b"zombie", key=b"k")
+        await zombie.flush()
+        async with transport.open_producer(transactional_id=transactional_id) as successor:
+            await successor.init_transactions()
+        with trio.fail_after(60), pytest.raises(TransactionError):
+            await zombie.commit_transaction()
 
 
 @pytest.mark.full_transactions

@@ -10,12 +10,15 @@ checks that an aborted interval stays invisible run only on a real Kafka cluster
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -23,6 +26,15 @@ import trio_tables
 from trio_tables import TP, TableManager
 from trio_tables._transport._base import IsolationLevel, OutgoingRecord
 from trio_tables.errors import TransactionAborted, WorkerFenced
+
+from .workers import (
+    Worker,
+    merge_dumps,
+    printing_worker_logs_on_failure,
+    scratch_dir,
+    wait_caught_up,
+    words,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -34,6 +46,17 @@ SETTINGS: dict[str, Any] = {
 PARTITIONS = 3
 HANG_GUARD = 120
 REAL_KAFKA = os.environ.get("TRIO_TABLES_REAL_KAFKA", "")
+
+
+@attrs.frozen
+class _Broker:
+    """What tests/integration/workers.py needs of a broker."""
+
+    url: str
+
+    @property
+    def bootstrap(self) -> str:
+        return self.url.removeprefix("kafka://")
 
 
 @pytest.fixture
@@ -238,3 +261,80 @@ async def test_a_fenced_zombies_interval_is_invisible_to_read_committed(
     outputs = await _read(url, out, "read_committed")
     assert len(outputs) == 100
     assert len(set(outputs)) == 100
+
+
+async def test_kill_9_between_send_and_commit_and_at_random_points_counts_once(
+    url: str, unique_name: Any, tmp_path: Path
+) -> None:
+    """SPEC section 5: after kill -9 at any point, counting every event once gives exact
+    counts. Worker processes with a sqlite store and a stable worker_id: killed with
+    its second transaction sent but not committed, then at random moments, then run to
+    the end; a fresh worker with no local state rebuilds the same table."""
+    topic, app = unique_name("words"), unique_name("eos-crash")
+    await _topics(url, topic)
+    workdir = scratch_dir(tmp_path, "eos-crash")
+    store = f"sqlite://{workdir / 'state'}"
+    seed = int(os.environ.get("TRIO_TABLES_TEST_SEED", random.randrange(2**32)))
+    print(f"random kill points: TRIO_TABLES_TEST_SEED={seed}")
+    rnd = random.Random(seed)
+    produced: list[str] = []
+    broker = _Broker(url)
+
+    async def keep_feeding(stop: trio.Event) -> None:
+        batch_number = 0
+        while not stop.is_set():
+            batch = words(100, seed + batch_number)
+            batch_number += 1
+            produced.extend(batch)
+            await _produce(url, topic, batch)
+            with trio.move_on_after(0.05):
+                await stop.wait()
+
+    def worker(kill_point: str | None = None, name: str = "eos", **kwargs: Any) -> Worker:
+        settings: dict[str, Any] = {"store": store, "worker_id": "w1"} | kwargs
+        return Worker(
+            name,
+            broker=broker,
+            app=app,
+            topic=topic,
+            workdir=workdir,
+            kill_point=kill_point,
+            guarantee="exactly_once",
+            **settings,
+        )
+
+    with printing_worker_logs_on_failure(), trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            stop_feeding = trio.Event()
+            nursery.start_soon(keep_feeding, stop_feeding)
+
+            w = worker("before-commit")
+            await w.start(nursery)
+            with trio.fail_after(60):
+                await w.wait_for_line("KILLPOINT before-commit")
+            await w.kill()
+
+            for _ in range(2):
+                w = worker()
+                await w.start(nursery)
+                await w.wait_for_line("ACTIVE [")
+                with trio.move_on_after(rnd.uniform(0.0, 1.5)):
+                    await w.wait_for_line("never printed")
+                await w.kill()
+
+            stop_feeding.set()
+            w = worker()
+            await w.start(nursery)
+            await wait_caught_up(broker, app, topic, PARTITIONS, [w])
+            w.terminate()
+            final = await w.wait_stopped()
+
+            fresh = worker(name="fresh", store="memory://", worker_id="w2")
+            await fresh.start(nursery)
+            await fresh.wait_for_line(f"ACTIVE {json.dumps(list(range(PARTITIONS)))}")
+            fresh.terminate()
+            rebuilt = await fresh.wait_stopped()
+
+    expected = Counter(produced)
+    assert merge_dumps([final], PARTITIONS) == expected
+    assert merge_dumps([rebuilt], PARTITIONS) == expected

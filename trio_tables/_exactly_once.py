@@ -158,6 +158,8 @@ class Transactions:
         manager = self._manager
         producer = self._producer
         assert producer is not None
+        if manager._stopping_on_error():  # failed while this cycle waited for the lock
+            return {}, frozenset()
         included = manager._ready | releasing
         async with manager._quiesced(grace) as busy:
             if busy:

@@ -94,6 +94,15 @@ class TableManager:
     Cancellation of the ``async with`` block behaves like an exception: nothing more is
     committed, and events processed since the last commit are processed again by the next
     owner of their partitions.
+
+    ``processing_guarantee="exactly_once"`` puts the changelog records, the outputs of
+    :meth:`send` and the source offsets of each commit interval in one Kafka transaction
+    (see :mod:`trio_tables._exactly_once`); stores are written only after it commits,
+    restores read ``read_committed``. A commit that fails aborts and stops the worker
+    (:class:`~trio_tables.errors.TransactionAborted`, or
+    :class:`~trio_tables.errors.WorkerFenced` when a newer instance took over). Give each
+    worker a stable ``worker_id`` (its transactional id is ``"{app_id}-{worker_id}"``) so
+    that a restarted worker fences its predecessor and aborts what it left open at once.
     """
 
     def __init__(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trio_tables
 from trio_tables import TP, TableManager
@@ -23,7 +24,7 @@ from trio_tables._transport._memory import get_memory_broker
 from trio_tables.errors import TransactionAborted, WorkerFenced
 
 PARTITIONS = 2
-HANG_GUARD = 30
+HANG_GUARD = 600  # virtual seconds too: above the memory group's rebalance timeout
 
 
 async def _new_broker() -> str:
@@ -361,3 +362,73 @@ async def test_a_failing_commit_aborts_and_stops_the_worker(autojump_clock: Any)
             assert counts.as_dict() == Counter(words)
             n.cancel_scope.cancel()
     assert len(set(await _read(url, "out", "read_committed"))) == 20
+
+
+class _SeesEverything(TableManager):
+    """Sets ``assigned_all`` once an assignment gives it every source partition."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.assigned_all = trio.Event()
+
+    async def on_rebalance(self, assigned: Any, *args: Any) -> None:
+        if len(assigned) == PARTITIONS:
+            self.assigned_all.set()
+
+
+async def test_a_new_owner_waits_for_a_zombies_pending_offsets(autojump_clock: Any) -> None:
+    """KIP-447: worker A added its offsets to a transaction and stalls before committing.
+    B joins, A misses the rebalance and is evicted, B owns everything. B must not start
+    from the committed offsets while A's transaction may still move them (read_committed
+    offset fetches wait for stable offsets): once A commits, B goes on from there and
+    every output exists exactly once."""
+    url = await _new_broker()
+    words = [f"w{i % 7}" for i in range(60)]
+    await _produce(url, words[:20])
+    a = _HangBeforeCommit("app", **_eos(url, worker_id="a"))
+    a.hang_on = 2
+    b = _SeesEverything("app", **_eos(url, worker_id="b"))
+
+    async def run_a() -> None:
+        async with a:
+            counts = a.Table("counts", default=int)
+            async with a.stream("src", key_type=str) as events, trio.open_nursery() as nursery:
+                processor = Processor(a, counts, events)
+                nursery.start_soon(processor.run)
+                await processor.wait_for(20)
+                await a.commit()
+                await _produce(url, words[20:40])
+                await processor.wait_for(40)
+                await a.commit()  # stalls in on_commit until released, then commits
+                nursery.cancel_scope.cancel()
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_a)
+            await a.at_hang.wait()
+            async with b:
+                counts = b.Table("counts", default=int)
+                async with (
+                    b.stream("src", key_type=str) as events,
+                    trio.open_nursery() as processing,
+                ):
+                    await b.assigned_all.wait()  # A was evicted meanwhile
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not b.actives_ready  # its recovery waits for A's offsets
+                    a.release.set()
+                    await b.wait_until_recovered()
+                    assert _group_committed(url) == 40  # A's transaction committed
+                    processor = Processor(b, counts, events)
+                    processing.start_soon(processor.run)
+                    await _produce(url, words[40:])
+                    await processor.wait_for(20)
+                    processing.cancel_scope.cancel()
+    assert _group_committed(url) == 60
+    outputs = await _read(url, "out", "read_committed")
+    assert len(outputs) == 60
+    assert len(set(outputs)) == 60
+    async with TableManager("app", **_eos(url, worker_id="c")) as c:
+        counts = c.Table("counts", default=int)
+        async with c.stream("src", key_type=str):
+            await c.wait_until_recovered()
+            assert counts.as_dict() == Counter(words)

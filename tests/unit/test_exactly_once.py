@@ -75,11 +75,14 @@ class Processor:
         self.seen = 0
         self._changed = trio.Event()
         self.fail_at: int | None = None
+        self.work = 0.0  # seconds each event takes (simulated work)
 
     async def run(self) -> None:
         async for event in self.events:
             self.counts[event.key] += 1
             await self.manager.send("out", event.key, f"{event.partition}:{event.offset}")
+            if self.work:
+                await trio.sleep(self.work)
             if self.seen + 1 == self.fail_at:
                 raise RuntimeError("processing failed")
             self.seen += 1
@@ -432,3 +435,112 @@ async def test_a_new_owner_waits_for_a_zombies_pending_offsets(autojump_clock: A
         async with c.stream("src", key_type=str):
             await c.wait_until_recovered()
             assert counts.as_dict() == Counter(words)
+
+
+async def test_no_commit_while_an_event_is_in_process(autojump_clock: Any) -> None:
+    """An event that already sent its output and is still in process when a commit
+    starts: committing would make its output visible while its offset stays
+    uncommitted (a crash then sends it twice). The commit waits event_grace, then is
+    skipped; the next one, after the event finished, commits both."""
+    url = await _new_broker()
+    await _produce(url, ["a", "b"])
+    proceed = trio.Event()
+    held = trio.Event()
+    async with TableManager("app", **_eos(url, worker_id="w1", event_grace=0.5)) as manager:
+        counts = manager.Table("counts", default=int)
+
+        async def process(events: Any) -> None:
+            async for event in events:
+                counts[event.key] += 1
+                await manager.send("out", event.key, f"{event.partition}:{event.offset}")
+                if event.key == "b":
+                    held.set()
+                    await proceed.wait()  # still in process during the first commit
+
+        async with manager.stream("src", key_type=str) as events, trio.open_nursery() as n:
+            n.start_soon(process, events)
+            await held.wait()
+            await manager.commit()
+            assert await _read(url, "out", "read_committed") == []
+            assert _group_committed(url) == 0
+            proceed.set()
+            await manager.commit()
+            assert len(await _read(url, "out", "read_committed")) == 2
+            assert _group_committed(url) == 2
+            n.cancel_scope.cancel()
+
+
+class _StallsInRebalance(TableManager):
+    """Once ``armed``, its next rebalance hook waits for ``release`` (inside poll, so
+    the group evicts it for not rejoining the next round in time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = False
+        self.stalled = trio.Event()
+        self.release = trio.Event()
+        self.assigned_all = trio.Event()
+
+    async def on_rebalance(self, assigned: Any, *args: Any) -> None:
+        if len(assigned) == PARTITIONS:
+            self.assigned_all.set()
+        if self.armed:
+            self.armed = False
+            self.stalled.set()
+            await self.release.wait()
+
+
+async def test_partitions_lost_abort_the_open_transaction(autojump_clock: Any) -> None:
+    """A is a slow worker: it fetched every event and works through them. B joins (a
+    cooperative rebalance); A commits what it did when it gives up a partition, then
+    stalls in its rebalance hook while its task goes on processing the buffered events of
+    the partition it kept: outputs in its open transaction. The group evicts A and gives
+    everything to B; C later processes those events again. When A learns that its
+    partitions were lost it must abort that transaction; otherwise A's final commit
+    publishes them a second time."""
+    url = await _new_broker()
+    words = [f"w{i % 7}" for i in range(40)]
+    await _produce(url, words)
+    settings = _eos(url, rebalance_protocol="cooperative")
+    a = _StallsInRebalance("app", **settings | {"worker_id": "a"})
+    b_done = trio.Event()
+    a_armed = trio.Event()
+
+    async def run_a() -> None:
+        async with a:
+            counts = a.Table("counts", default=int)
+            async with a.stream("src", key_type=str) as events, trio.open_nursery() as n:
+                processor = Processor(a, counts, events)
+                processor.work = 1.0
+                n.start_soon(processor.run)
+                await processor.wait_for(2)
+                a.armed = True
+                a_armed.set()
+                await b_done.wait()
+                a.release.set()
+                n.cancel_scope.cancel()
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_a)
+            await a_armed.wait()
+            b = _StallsInRebalance("app", **settings | {"worker_id": "b"})
+            async with b:  # takes the partitions over; C processes the rest afterwards
+                b.Table("counts", default=int)
+                async with b.stream("src", key_type=str):
+                    await a.stalled.wait()
+                    await b.assigned_all.wait()  # A was evicted
+                    await b.wait_until_recovered()
+                    b_done.set()
+    async with TableManager("app", **_eos(url, worker_id="c")) as c:
+        counts = c.Table("counts", default=int)
+        async with c.stream("src", key_type=str) as events, trio.open_nursery() as n:
+            await c.wait_until_recovered()
+            processor = Processor(c, counts, events)
+            n.start_soon(processor.run)
+            await processor.wait_for(40 - _group_committed(url))  # what is left
+            assert counts.as_dict() == Counter(words)
+            n.cancel_scope.cancel()
+    outputs = await _read(url, "out", "read_committed")
+    assert len(outputs) == 40
+    assert len(set(outputs)) == 40

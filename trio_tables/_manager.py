@@ -537,7 +537,12 @@ class TableManager:
         """Produce an output record; returns its :class:`Delivery` (await
         ``delivery.wait()`` for the acknowledgement). Keys that are ``bytes``/``str`` are
         sent raw, other keys and all non-bytes values as JSON. The next commit waits for
-        its acknowledgement. Cancelled while waiting for room: nothing was sent."""
+        its acknowledgement. Cancelled while waiting for room: nothing was sent.
+
+        Under ``exactly_once`` the record joins the open transaction: ``read_committed``
+        consumers see it when the commit interval's transaction commits (together with
+        the offset of the event that sent it), never if it aborts. The delivery settles
+        on the broker's acknowledgement, before that commit."""
         assert self._producer is not None, "use send() inside `async with manager`"
         key_bytes = (
             None

@@ -280,6 +280,8 @@ async def test_kill_9_between_send_and_commit_and_at_random_points_counts_once(
     produced: list[str] = []
     broker = _Broker(url)
 
+    fed_all = trio.Event()
+
     async def keep_feeding(stop: trio.Event) -> None:
         batch_number = 0
         while not stop.is_set():
@@ -289,6 +291,7 @@ async def test_kill_9_between_send_and_commit_and_at_random_points_counts_once(
             await _produce(url, topic, batch)
             with trio.move_on_after(0.05):
                 await stop.wait()
+        fed_all.set()
 
     def worker(kill_point: str | None = None, name: str = "eos", **kwargs: Any) -> Worker:
         settings: dict[str, Any] = {"store": store, "worker_id": "w1"} | kwargs
@@ -308,14 +311,14 @@ async def test_kill_9_between_send_and_commit_and_at_random_points_counts_once(
             stop_feeding = trio.Event()
             nursery.start_soon(keep_feeding, stop_feeding)
 
-            w = worker("before-commit")
+            w = worker("before-commit", name="eos-before-commit")
             await w.start(nursery)
             with trio.fail_after(60):
                 await w.wait_for_line("KILLPOINT before-commit")
             await w.kill()
 
-            for _ in range(2):
-                w = worker()
+            for i in range(2):
+                w = worker(name=f"eos-random-{i}")
                 await w.start(nursery)
                 await w.wait_for_line("ACTIVE [")
                 with trio.move_on_after(rnd.uniform(0.0, 1.5)):
@@ -323,7 +326,8 @@ async def test_kill_9_between_send_and_commit_and_at_random_points_counts_once(
                 await w.kill()
 
             stop_feeding.set()
-            w = worker()
+            await fed_all.wait()  # a batch still in flight would move the end offsets
+            w = worker(name="eos-final")
             await w.start(nursery)
             await wait_caught_up(broker, app, topic, PARTITIONS, [w])
             w.terminate()

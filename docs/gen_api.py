@@ -79,33 +79,7 @@ OUTLINE: list[tuple[str, str, list[str]]] = [
     ("Errors", "", ["errors"]),
 ]
 
-PENDING = {
-    "WindowWrapper": """\
-*Contract (SPEC.md sections 3 and 8; being implemented).* `table.tumbling(size,
-expires=None, key_index=False)`, `table.hopping(size, step, expires=None,
-key_index=False)`, `table.sliding(before, after, expires=None)` and
-`table.using_window(window)` return a `WindowWrapper` (also `Table.WindowWrapper`).
-Sizes accept seconds, `timedelta` or strings like `"10s"`, `"5m"`. `wrapper[key]` is a
-`WindowSet`. Members: `table`, `name`, `key_index`, `key_index_table`,
-`get_relative_timestamp`, `get_timestamp`, `relative_to`, `relative_to_field`,
-`relative_to_now`, `relative_to_stream` (the default), `items`, `keys`, `values` (with
-`key_index=True`: keys leave the index when their last window expires), `clone`,
-`as_ansitable`, `on_recover`, `on_set_key`, `on_del_key`. Windows expire by stream time
-per partition (max event timestamp seen, minus an optional grace), with an option for
-wall-clock expiry; `on_window_close(key, value)` fires exactly once per closed window and
-key, also for windows restored after a restart (it may be an asyncio coroutine function
-marked with `asyncio_callback`). Changelogs of windowed tables use
-`cleanup.policy=compact,delete` with a retention derived from `expires`.
-""",
-    "WindowSet": """\
-*Contract (SPEC.md section 3; being implemented).* The windows of one key:
-`now()` (the window of the wall clock, always), `current(event=None)` (the window of
-the current event's timestamp, or as set by the wrapper's relativity), `delta(d,
-event=None)` (the window `d` before), `value()`, and in-place operators (`+=`, `-=`,
-`*=`, `/=`, `|=`, ...) applied to every window the event falls into:
-`hits[key] += 1`.
-""",
-}
+PENDING: dict[str, str] = {}  # names promised by SPEC.md but not written yet
 
 # Members the manager calls (they exist and do what their names say, but applications
 # do not call them): left out of the member lists.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -32,6 +33,7 @@ import trio
 from ._assignor import KeyMetadata, TablesAssignor
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, RawCodec, resolve_codec
+from ._exactly_once import Transactions
 from ._rebalance import Assignment, RebalanceSupervisor
 from ._recovery import RecoveryStatus, TableMessage, run_table
 from ._stream import DecodeErrorPolicy, Stream, current_event
@@ -45,7 +47,16 @@ from ._table import (
     Table,
 )
 from ._transport import open_transport
-from ._transport._base import TP, Delivery, GroupConsumer, Producer, RebalanceProtocol, Transport
+from ._transport._base import (
+    TP,
+    Delivery,
+    GroupConsumer,
+    IsolationLevel,
+    OutgoingRecord,
+    Producer,
+    RebalanceProtocol,
+    Transport,
+)
 from .errors import CommitFailed, PartitionCountMismatch, UnknownTopic
 
 __all__ = ["TableManager"]
@@ -84,6 +95,15 @@ class TableManager:
     Cancellation of the ``async with`` block behaves like an exception: nothing more is
     committed, and events processed since the last commit are processed again by the next
     owner of their partitions.
+
+    ``processing_guarantee="exactly_once"`` puts the changelog records, the outputs of
+    :meth:`send` and the source offsets of each commit interval in one Kafka transaction
+    (see :mod:`trio_tables._exactly_once`); stores are written only after it commits,
+    restores read ``read_committed``. A commit that fails aborts and stops the worker
+    (:class:`~trio_tables.errors.TransactionAborted`, or
+    :class:`~trio_tables.errors.WorkerFenced` when a newer instance took over). Give each
+    worker a stable ``worker_id`` (its transactional id is ``"{app_id}-{worker_id}"``) so
+    that a restarted worker fences its predecessor and aborts what it left open at once.
     """
 
     def __init__(
@@ -105,17 +125,12 @@ class TableManager:
         poll_timeout: float = 0.1,
         advertised_host: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> None:
         if processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError(
                 f"processing_guarantee must be 'at_least_once' or 'exactly_once', "
                 f"not {processing_guarantee!r}"
-            )
-        if processing_guarantee == "exactly_once":
-            raise NotImplementedError(
-                "processing_guarantee='exactly_once' is not implemented yet (tracked as the "
-                "exactly-once issue); use 'at_least_once', whose tables are exact after "
-                "crashes too (only outputs of manager.send() may repeat)"
             )
         self.app_id = app_id
         self.broker_url = broker
@@ -133,6 +148,17 @@ class TableManager:
         self.poll_timeout = poll_timeout
         self.transport_options = dict(transport_options or {})
         self.logger = logger
+        # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
+        # stable worker_id lets a restarted worker fence its zombie at once (and abort
+        # what it left open); without one, KIP-447 group fencing still stops a zombie's
+        # commits but its open transaction blocks read_committed readers until it
+        # times out on the broker.
+        self.worker_id = worker_id if worker_id is not None else uuid.uuid4().hex[:12]
+        self._transactions: Transactions | None = (
+            Transactions(self, f"{app_id}-{self.worker_id}")
+            if processing_guarantee == "exactly_once"
+            else None
+        )
 
         self.tables: dict[str, Collection] = {}
         self._table_channels: dict[str, trio.MemorySendChannel[TableMessage]] = {}
@@ -182,7 +208,11 @@ class TableManager:
             self._transport = await stack.enter_async_context(
                 open_transport(self.broker_url, **self.transport_options)
             )
-            self._producer = await stack.enter_async_context(self._transport.open_producer())
+            self._producer = await stack.enter_async_context(
+                self._transport.open_producer(transactional_id=self.transactional_id)
+            )
+            if self._transactions is not None:
+                await stack.enter_async_context(self._transactions.running(self._producer))
             stack.callback(self._close_tables)
             self._nursery = await stack.enter_async_context(trio.open_nursery())
         except BaseException:
@@ -211,6 +241,10 @@ class TableManager:
                 with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
                     await self._stop_group()
                     await self.on_stop()
+                    if self._transactions is not None and not self._stopping_on_error():
+                        # Outputs and changes since the group was left.
+                        async with self._commit_lock:
+                            await self._commit_cycle(frozenset())
             else:
                 self._failing = True
             self._nursery.cancel_scope.cancel()
@@ -232,6 +266,17 @@ class TableManager:
         if exc is not None and not suppressed:
             raise exc
         return bool(suppressed)
+
+    @property
+    def transactional_id(self) -> str | None:
+        """The producer's transactional id under ``exactly_once`` (else ``None``)."""
+        return None if self._transactions is None else self._transactions.transactional_id
+
+    @property
+    def isolation_level(self) -> IsolationLevel:
+        """How this app reads sources and changelogs (``read_committed`` under
+        ``exactly_once``: records of aborted transactions are never applied)."""
+        return "read_uncommitted" if self._transactions is None else "read_committed"
 
     def _close_tables(self) -> None:
         for table in self.tables.values():
@@ -513,7 +558,12 @@ class TableManager:
         """Produce an output record; returns its :class:`Delivery` (await
         ``delivery.wait()`` for the acknowledgement). Keys that are ``bytes``/``str`` are
         sent raw, other keys and all non-bytes values as JSON. The next commit waits for
-        its acknowledgement. Cancelled while waiting for room: nothing was sent."""
+        its acknowledgement. Cancelled while waiting for room: nothing was sent.
+
+        Under ``exactly_once`` the record joins the open transaction: ``read_committed``
+        consumers see it when the commit interval's transaction commits (together with
+        the offset of the event that sent it), never if it aborts. The delivery settles
+        on the broker's acknowledgement, before that commit."""
         assert self._producer is not None, "use send() inside `async with manager`"
         key_bytes = (
             None
@@ -525,6 +575,10 @@ class TableManager:
         value_bytes = (
             value if isinstance(value, bytes) or value is None else JsonCodec().encode(value)
         )
+        if self._transactions is not None:
+            return await self._transactions.send(
+                topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+            )
         return await self._producer.send(
             topic, value_bytes, key=key_bytes, partition=partition, headers=headers
         )
@@ -565,6 +619,7 @@ class TableManager:
                 listener=self._supervisor,
                 assignors=[self._assignor],
                 rebalance_protocol=self.rebalance_protocol,
+                isolation_level=self.isolation_level,
             ) as consumer:
                 self._consumer = consumer
                 task_status.started()
@@ -649,9 +704,11 @@ class TableManager:
                 "manager.commit() was called while processing an event; commits happen "
                 "between events (every commit_interval, and on rebalance and shutdown)"
             )
-        if self._consumer is None:
+        if self._consumer is None or self._transactions is not None:
             async with self._commit_lock:
-                await self._commit_cycle(frozenset())
+                offsets, _ = await self._commit_cycle(frozenset())
+            for tp in sorted(offsets):  # exactly_once: committed with the transaction
+                await self.on_commit_tp(tp)
             return
         async with self._commit_lock:
             offsets, _ = await self._commit_cycle(frozenset())
@@ -662,7 +719,11 @@ class TableManager:
             await done.wait()
 
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
-        """Hook: called with the offsets about to be committed (already persisted)."""
+        """Hook: called with the offsets about to be committed. Under ``at_least_once``
+        the changes are acknowledged and persisted already; under ``exactly_once`` this
+        runs inside the transaction, after the changelog records, the outputs and the
+        offsets were sent and before the transaction commits (stores are written after
+        the commit)."""
 
     async def on_commit_tp(self, tp: TP) -> None:
         """Hook: called for each source partition whose offset was just committed by a
@@ -732,8 +793,12 @@ class TableManager:
         assert self._producer is not None
         included = self._ready | releasing
         for table in list(self.tables.values()):
-            # Windows closed now are committed with the changes that closed them.
+            # Windows closed now are committed with the changes that closed them (in the
+            # same transaction under exactly_once, final results included).
             await table.close_expired_windows(included)
+        if self._transactions is not None:
+            grace = self.event_grace if grace is None else grace
+            return await self._transactions.commit_cycle(releasing, grace)
         async with self._quiesced(self.event_grace if grace is None else grace) as busy:
             snapshot = {
                 tp: o
@@ -744,6 +809,18 @@ class TableManager:
         records = [record for _, table_records in taken for record in table_records]
         deliveries = await self._producer.send_batch(records) if records else []
         await self._producer.flush()
+        await self._persist(taken, deliveries, snapshot)
+        return snapshot, busy
+
+    async def _persist(
+        self,
+        taken: list[tuple[Collection, list[OutgoingRecord]]],
+        deliveries: list[Delivery],
+        snapshot: Mapping[TP, int],
+    ) -> None:
+        """Write the changes ``taken`` to the stores with the last acknowledged changelog
+        offset of each partition (``deliveries``, in the order of ``taken``) and the
+        source offsets of ``snapshot``."""
         last_offsets: dict[str, dict[int, int]] = {}
         position = 0
         for table, table_records in taken:
@@ -764,7 +841,6 @@ class TableManager:
             else:
                 table.persist(*args)
         self._persisted_sources.update(changed_sources)
-        return snapshot, busy
 
     # -- rebalances (called by the supervisor) ----------------------------------------------
     async def _release(self, partitions: frozenset[int], *, commit: bool) -> dict[TP, int] | None:
@@ -788,12 +864,17 @@ class TableManager:
                     if tp in self._supervisor.assigned and offset > self._committed.get(tp, -1)
                 }
                 self._committed.update(offsets)
-                await self.on_commit(offsets)
+                if self._transactions is not None:
+                    offsets = None  # committed with the transaction (on_commit was called)
+                else:
+                    await self.on_commit(offsets)
             else:
                 async with self._quiesced(self.event_grace):
                     pass
                 for table in self.tables.values():
                     table.discard_uncommitted(partitions)
+                if self._transactions is not None and not self._stopping_on_error():
+                    await self._transactions.roll_back(partitions)
         finally:
             for table in self.tables.values():
                 table.deactivate(partitions)

@@ -98,7 +98,8 @@ async def _recovery_task(
 ) -> None:
     async with (
         transport.open_restore_consumer(
-            max_poll_records=max(table.recovery_buffer_size, 1)
+            isolation_level=table.manager.isolation_level,
+            max_poll_records=max(table.recovery_buffer_size, 1),
         ) as consumer,
         messages,
         to_tailer,
@@ -169,7 +170,8 @@ class _Tailer:
                     update.done.set()
                     continue
                 async with transport.open_restore_consumer(
-                    max_poll_records=max(self.table.standby_buffer_size, 1)
+                    isolation_level=self.table.manager.isolation_level,
+                    max_poll_records=max(self.table.standby_buffer_size, 1),
                 ) as consumer:
                     await self._change(consumer, update)
                     while self._next:

@@ -18,11 +18,13 @@ __all__ = [
     "ProducerFenced",
     "RecordDecodeError",
     "TableWriteOutsideStream",
+    "TransactionAborted",
     "TransactionError",
     "TransportClosed",
     "TrioTablesError",
     "UnknownTopic",
     "UnsupportedBrokerURL",
+    "WorkerFenced",
 ]
 
 
@@ -104,6 +106,40 @@ class ProducerFenced(TransactionError):
 
     This worker must stop: its work is now owned by the newer instance.
     """
+
+
+class WorkerFenced(ProducerFenced):
+    """An ``exactly_once`` worker was fenced: a newer instance with the same
+    transactional id (same ``app_id`` and ``worker_id``) started, or the group moved this
+    worker's partitions on. The worker stops; nothing of its open transaction is
+    committed, and the newer owner processes those events again."""
+
+    def __init__(self, transactional_id: str, detail: str = "") -> None:
+        super().__init__(
+            f"this worker (transactional id {transactional_id!r}) was fenced by a newer "
+            "producer with the same transactional id: another instance with the same "
+            "app_id and worker_id started (or this one was presumed dead). It stops now "
+            "without committing its open transaction; the newer instance owns its work and "
+            "processes those events again. Give every concurrently running worker its own "
+            "worker_id" + (f" ({detail})" if detail else "")
+        )
+        self.transactional_id = transactional_id
+
+
+class TransactionAborted(TransactionError):
+    """An ``exactly_once`` commit failed and its transaction was aborted: the changelog
+    records, outputs and source offsets of the interval are discarded (locally too) and
+    the worker stops; a restart (or the partitions' next owner) processes the interval's
+    events again from the last committed offsets."""
+
+    def __init__(self, transactional_id: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the transaction of {transactional_id!r} could not commit and was aborted "
+            f"({cause!r}); its changelog records, outputs and offsets are discarded and this "
+            "worker stops. Restart it: processing resumes exactly from the last committed "
+            "transaction"
+        )
+        self.transactional_id = transactional_id
 
 
 class TransportClosed(TrioTablesError):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
+from trio_tables._transport import open_transport
 from trio_tables._transport._base import TP, Transport
-from trio_tables.errors import DeliveryFailed, ProducerFenced, TrioTablesError
+from trio_tables.errors import DeliveryFailed, ProducerFenced, TransactionError, TrioTablesError
 
 from ._helpers import RecordingListener, flatten, read_to_end, wait_for_assignment
-from .conftest import Names
+from .conftest import KAFKA_SETTINGS, Names
 
 
 async def _values(transport: Transport, tp: TP, isolation: str) -> list[bytes | None]:
@@ -143,6 +145,29 @@ async def test_zombie_producer_is_fenced(transport: Transport, names: Names) -> 
     assert await _values(transport, tp, "read_committed") == [b"successor"]
 
 
+async def test_a_fenced_zombies_commit_fails_instead_of_hanging(
+    broker_url: str, names: Names
+) -> None:
+    """kafka-python waits for EndTxn without a bound and Tansu never answers a fenced
+    producer's: the commit must fail (ProducerFenced, or a TransactionError once
+    end_transaction_timeout passed), never block the worker for good."""
+    topic = await names.topic(1)
+    transactional_id = names.unique("tx")
+    options = {} if names.is_memory else {**KAFKA_SETTINGS, "end_transaction_timeout": 3.0}
+    async with (
+        open_transport(broker_url, **options) as transport,
+        transport.open_producer(transactional_id=transactional_id) as zombie,
+    ):
+        await zombie.init_transactions()
+        await zombie.begin_transaction()
+        await zombie.send(topic, b"zombie", key=b"k")
+        await zombie.flush()
+        async with transport.open_producer(transactional_id=transactional_id) as successor:
+            await successor.init_transactions()
+        with trio.fail_after(60), pytest.raises(TransactionError):
+            await zombie.commit_transaction()
+
+
 @pytest.mark.full_transactions
 async def test_fencing_aborts_what_the_zombie_left_open(transport: Transport, names: Names) -> None:
     topic = await names.topic(1)
@@ -170,10 +195,10 @@ async def test_offsets_sent_to_a_transaction_commit_with_it(
     output = await names.topic(1, prefix="output")
     group = names.group()
     tp = TP(topic, 0)
+    # read_uncommitted: a read_committed member's offset fetch would wait for the open
+    # transaction (next test).
     async with (
-        transport.open_group_consumer(
-            group, [topic], listener=RecordingListener(), isolation_level="read_committed"
-        ) as consumer,
+        transport.open_group_consumer(group, [topic], listener=RecordingListener()) as consumer,
         transport.open_producer(transactional_id=names.unique("tx")) as producer,
     ):
         await wait_for_assignment(consumer, [tp])
@@ -194,3 +219,36 @@ async def test_offsets_sent_to_a_transaction_commit_with_it(
         with trio.fail_after(60):  # the coordinator writes the offsets after the commit
             while await consumer.committed([tp]) != {tp: 5}:
                 await consumer.poll(timeout=0.05)
+
+
+@pytest.mark.full_transactions
+async def test_read_committed_offset_fetch_waits_for_pending_transactional_offsets(
+    transport: Transport, names: Names
+) -> None:
+    """KIP-447 (``require_stable``): a new owner must not start from a committed offset
+    that a still-open transaction is about to move."""
+    topic = await names.topic(1)
+    group = names.group()
+    tp = TP(topic, 0)
+    fetched: list[dict[TP, int | None]] = []
+    async with (
+        transport.open_group_consumer(
+            group, [topic], listener=RecordingListener(), isolation_level="read_committed"
+        ) as consumer,
+        transport.open_producer(transactional_id=names.unique("tx")) as producer,
+    ):
+        await wait_for_assignment(consumer, [tp])
+        await producer.init_transactions()
+        await producer.begin_transaction()
+        await producer.send_offsets_to_transaction({tp: 3}, await consumer.group_metadata())
+
+        async def fetch() -> None:
+            fetched.append(await consumer.committed([tp]))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch)
+                await trio.testing.wait_all_tasks_blocked()
+                assert fetched == []  # waiting for the transaction to end
+                await producer.commit_transaction()
+    assert fetched == [{tp: 3}]

@@ -55,6 +55,8 @@ class Worker:
         store: str = "memory://",
         kill_point: str | None = None,
         standby_replicas: int = 0,
+        guarantee: str = "at_least_once",
+        worker_id: str | None = None,
     ) -> None:
         self.name = name
         self.dump_path = workdir / f"{name}.json"
@@ -68,6 +70,10 @@ class Worker:
             self.command += ["--kill-point", kill_point]
         if standby_replicas:
             self.command += ["--standby-replicas", str(standby_replicas)]
+        if guarantee != "at_least_once":
+            self.command += ["--guarantee", guarantee]
+        if worker_id is not None:
+            self.command += ["--worker-id", worker_id]
         self.lines: list[str] = []
         self._changed = trio.Event()
         self.process: trio.Process | None = None

@@ -545,3 +545,31 @@ def test_cli_shows_windowed_keys_as_key_and_start() -> None:
     assert AnyCodec().decode(windowed.encode(("k", 1_700_000_000_000))) == ("k", 1_700_000_000_000)
     assert AnyCodec().decode(windowed.encode((["a", 1], 0))) == (("a", 1), 0)
     assert AnyCodec().decode(b"12345678901") == 12345678901  # plain JSON stays plain
+
+
+async def test_final_results_under_exactly_once_are_in_the_transaction(
+    autojump_clock: Any,
+) -> None:
+    url, events = _url(), _events()
+    await _setup(url, events)
+    async with trio_tables.open_transport(url) as transport:
+        await transport.create_topic("finals", PARTITIONS)
+    closed = Closed()
+    async with TableManager(
+        "eos", broker=url, commit_interval=0.5, processing_guarantee="exactly_once"
+    ) as manager:
+        hits = manager.Table("hits", default=int, key_type=str, on_window_close=closed).tumbling(
+            SIZE / 1000, expires=EXPIRES / 1000, final_results_topic="finals"
+        )
+        async with manager.stream(TOPIC, key_type=str) as stream:
+            await _drive(manager, stream, len(events), lambda e: hits[e.key].__iadd__(1))
+    broker = get_memory_broker(url.removeprefix("memory://"))
+    finals = [
+        r for p in range(PARTITIONS) for r in broker.log(TP("finals", p)).records
+        if r.value is not None
+    ]
+    expected_closed, _ = _split_expected(events)
+    assert dict(closed.calls) == expected_closed
+    assert len(finals) == len(expected_closed)
+    # Written transactionally: every record is part of a committed transaction.
+    assert all(r.visible("read_committed") and r.transaction is not None for r in finals)

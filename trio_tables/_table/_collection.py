@@ -413,6 +413,10 @@ class Collection:
                 self.local_offsets[partition] = offset
         self._persisting.clear()
 
+    def uncommitted_partitions(self) -> frozenset[int]:
+        """Partitions with changes not written to the store yet."""
+        return frozenset(self._overlay) | frozenset(self._persisting) | frozenset(self._buffers)
+
     def discard_uncommitted(self, partitions: set[int] | frozenset[int]) -> None:
         """Forget changes of ``partitions`` that were not persisted (lost partitions)."""
         for partition in partitions:

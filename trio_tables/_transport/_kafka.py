@@ -61,6 +61,9 @@ class KafkaSettings:
     session_timeout_ms: int = 45_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
+    #: Seconds a transaction's commit or abort may take before the producer is given up
+    #: (a broker may never answer a fenced producer).
+    end_transaction_timeout: float = 30.0
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
@@ -198,6 +201,7 @@ class KafkaTransport:
             max_in_flight=max_in_flight,
             transactional=transactional_id is not None,
             check_topic=self.describe_topic,
+            end_transaction_timeout=self.settings.end_transaction_timeout,
         )
         failed = True
         try:

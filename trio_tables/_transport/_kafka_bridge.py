@@ -23,13 +23,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
+from kafka import errors as kafka_errors
 from kafka.future import Future as KafkaFuture
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ..errors import TransportClosed
 from ._base import TP
 
-__all__ = ["ClientOwner", "commit_on_io_loop", "release_parked_records", "resolve_on_io_loop"]
+__all__ = [
+    "ClientOwner",
+    "commit_on_io_loop",
+    "end_transaction",
+    "release_parked_records",
+    "resolve_on_io_loop",
+]
 
 logger = logging.getLogger("trio_tables.transport.kafka")
 
@@ -108,3 +115,26 @@ def release_parked_records(consumer: Any) -> None:
     current = getattr(fetcher, "_next_partition_records", None)
     if current is not None and not current:
         fetcher._next_partition_records = None
+
+
+def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
+    """``producer.commit_transaction()`` / ``abort_transaction()`` waiting at most
+    ``timeout`` seconds (blocking: run it in the producer's worker thread).
+
+    kafka-python waits for the coordinator's answer without a bound and retries a
+    request whose connection was closed for ever; a broker that drops the connection
+    instead of answering a fenced producer's EndTxn (Tansu does) would block the worker
+    for good. Only the private transaction manager and sender expose the wait.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    sender = getattr(producer, "_sender", None)
+    if manager is None or sender is None:  # private API changed: unbounded public call
+        (producer.commit_transaction if commit else producer.abort_transaction)()
+        return
+    result = manager.begin_commit() if commit else manager.begin_abort()
+    sender.wakeup()
+    if not result.wait(timeout_ms=int(timeout * 1000)):
+        raise kafka_errors.KafkaTimeoutError(
+            f"{'commit' if commit else 'abort'} of the transaction got no answer within "
+            f"{timeout:g}s (a broker may not answer a fenced producer at all)"
+        )

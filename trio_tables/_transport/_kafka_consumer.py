@@ -20,7 +20,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
 from kafka import errors as kafka_errors
 from kafka.future import Future as KafkaFuture
 
-from ..errors import CommitFailed
+from ..errors import CommitFailed, TransportClosed
 from ._base import TP, GroupMetadata, RebalanceListener, Record
 from ._kafka_bridge import (
     ClientOwner,
@@ -395,7 +395,13 @@ class KafkaGroupConsumer(_KafkaFetching):
         return await self._owner.run(fetch)
 
     async def group_metadata(self) -> GroupMetadata:
-        raw = await self._owner.run(self._consumer.group_metadata)
+        """A snapshot of the membership (generation, member id). Unlike every other call
+        it does not wait for this client's turn: it only reads the coordinator's state,
+        and an exactly-once commit needs it inside the rebalance listener, while the
+        ``poll()`` that runs the listener holds the client."""
+        if self._owner.closed:
+            raise TransportClosed(f"{self._owner.name} is closed")
+        raw = await trio.to_thread.run_sync(self._consumer.group_metadata)
         return GroupMetadata(raw.group_id, raw.generation_id, raw.member_id, raw.group_instance_id)
 
 

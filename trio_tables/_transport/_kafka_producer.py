@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -25,7 +26,7 @@ from ._base import (
     OutgoingRecord,
     RecordMetadata,
 )
-from ._kafka_bridge import ClientOwner, to_kafka_offsets
+from ._kafka_bridge import ClientOwner, end_transaction, to_kafka_offsets
 
 __all__ = ["KafkaTransportProducer"]
 
@@ -82,8 +83,11 @@ class KafkaTransportProducer:
         max_in_flight: int,
         transactional: bool,
         check_topic: Callable[[str], Awaitable[object]],
+        end_transaction_timeout: float = 30.0,
     ) -> None:
         self._owner = owner
+        self._end_transaction_timeout = end_transaction_timeout
+        self._broken = False  # an end of transaction timed out: close without waiting
         self._check_topic = check_topic
         self._known_topics: set[str] = set()
         self._producer = producer
@@ -175,11 +179,20 @@ class KafkaTransportProducer:
         if failed is not None:
             failed.result()  # raises DeliveryFailed naming the record
 
-    async def _transactional_call(self, method: str, *args: Any) -> None:
+    async def _transactional_call(
+        self, method: str, *args: Any, call: Callable[..., Any] | None = None, **kwargs: Any
+    ) -> None:
         if not self._transactional:
             raise TransactionError("this producer has no transactional_id")
+        fn = call if call is not None else getattr(self._producer, method)
         try:
-            await self._owner.run(getattr(self._producer, method), *args)
+            await self._owner.run(partial(fn, *args, **kwargs))
+        except kafka_errors.KafkaTimeoutError as exc:
+            if call is end_transaction:
+                self._broken = True
+            raise TransactionError(
+                f"{method} failed: {exc}; this producer cannot be used any more"
+            ) from exc
         except kafka_errors.ProducerFencedError as exc:
             raise ProducerFenced(
                 "another producer with this transactional id took over; this worker must "
@@ -208,7 +221,13 @@ class KafkaTransportProducer:
         )
 
     async def commit_transaction(self) -> None:
-        await self._transactional_call("commit_transaction")
+        await self._transactional_call(
+            "commit_transaction",
+            self._producer,
+            call=end_transaction,
+            commit=True,
+            timeout=self._end_transaction_timeout,
+        )
         # Acks of the committed records may still be on their way to Trio.
         while self._in_flight:
             await self._room.park()
@@ -217,7 +236,13 @@ class KafkaTransportProducer:
             failed.result()
 
     async def abort_transaction(self) -> None:
-        await self._transactional_call("abort_transaction")
+        await self._transactional_call(
+            "abort_transaction",
+            self._producer,
+            call=end_transaction,
+            commit=False,
+            timeout=self._end_transaction_timeout,
+        )
         while self._in_flight:
             await self._room.park()
         self._first_error = None
@@ -230,7 +255,9 @@ class KafkaTransportProducer:
         finally:
             with trio.CancelScope(shield=True):
                 if not self._owner.closed:
-                    await self._owner.run(self._producer.close)
+                    # A transaction stuck in its end would keep the sender retrying.
+                    timeout = 0.0 if self._broken else None
+                    await self._owner.run(partial(self._producer.close, timeout=timeout))
                     self._owner.closed = True
 
 

@@ -310,6 +310,15 @@ class MemoryBroker:
             for group_id, offsets in transaction.offsets.items():
                 self.group(group_id).store_offsets(offsets)
 
+    def pending_offsets(self, group_id: str) -> frozenset[TP]:
+        """Partitions whose offsets for ``group_id`` wait in an open transaction (a
+        ``read_committed`` member treats their committed offset as unstable, KIP-447)."""
+        return frozenset(
+            tp
+            for transaction in self._open.values()
+            for tp in transaction.offsets.get(group_id, {})
+        )
+
     # -- groups ------------------------------------------------------------------------
     def group(self, group_id: str) -> MemoryGroup:
         group = self._groups.get(group_id)

@@ -79,6 +79,10 @@ class _MemoryFetching:
             )
         return wanted
 
+    def _unstable(self) -> frozenset[TP]:
+        """Partitions whose committed offset is not known yet (group consumers)."""
+        return frozenset()
+
     def _resolve(self, tp: TP) -> int:
         log = self._broker.log(tp)
         position = self._positions.get(tp)
@@ -100,9 +104,12 @@ class _MemoryFetching:
         start = self._rotation % len(tps)
         self._rotation += 1
         out: Batch = {}
+        unstable = self._unstable()
         for tp in tps[start:] + tps[:start]:
             if budget <= 0:
                 break
+            if tp not in self._positions and tp in unstable:
+                continue  # starts at a committed offset that an open transaction may move
             records, position = self._broker.log(tp).read(
                 self._resolve(tp), self._isolation_level, budget
             )
@@ -334,17 +341,22 @@ class MemoryGroupConsumer(_MemoryFetching):
     async def close(self) -> None:
         """Leave the group: revoke through the listener, commit what it returns."""
         with trio.CancelScope(shield=True):
-            member, self._member = self._member, None
+            member = self._member
             if member is None:
                 return
-            if member.evicted:
-                if lost := self._assignment:
-                    self._assignment = frozenset()
-                    await self._listener.on_partitions_lost(lost)
-            else:
-                if self._assignment:
-                    await self._revoke(member, self._assignment)
-                self._group.leave(member)
+            try:
+                if member.evicted:
+                    if lost := self._assignment:
+                        self._assignment = frozenset()
+                        await self._listener.on_partitions_lost(lost)
+                else:
+                    # Still a member while the listener runs (as on Kafka): an
+                    # exactly-once commit of the revoked partitions needs its metadata.
+                    if self._assignment:
+                        await self._revoke(member, self._assignment)
+                    self._group.leave(member)
+            finally:
+                self._member = None
             self._forget(list(self._positions))
 
     # -- offsets -------------------------------------------------------------------------
@@ -360,9 +372,22 @@ class MemoryGroupConsumer(_MemoryFetching):
         self._group.expire()
         self._group.commit(self._member, self._generation, offsets)
 
+    def _unstable(self) -> frozenset[TP]:
+        if self._isolation_level != "read_committed":
+            return frozenset()
+        return self._broker.pending_offsets(self._group.group_id)
+
     async def committed(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """Under ``read_committed``, waits while an open transaction holds offsets of
+        ``tps`` for this group (Kafka's ``require_stable`` offset fetch, KIP-447), so a
+        new owner never starts before a zombie's pending commit is settled."""
+        wanted = list(tps)
         await trio.lowlevel.checkpoint()
-        return {tp: self._group.committed.get(tp) for tp in tps}
+        while True:
+            changed = self._broker.changed  # taken before the check: no lost wake-up
+            if not self._unstable() & set(wanted):
+                return {tp: self._group.committed.get(tp) for tp in wanted}
+            await changed.wait()
 
     async def group_metadata(self) -> GroupMetadata:
         await trio.lowlevel.checkpoint()

@@ -9,6 +9,8 @@ the test can ``kill -9`` it exactly there:
 * ``after-persist``: the second commit cycle persisted the stores, its offsets are not
   committed;
 * ``during-recovery``: after applying some changelog records while recovering;
+* ``before-commit`` (with ``--guarantee exactly_once``): the second transaction with
+  offsets holds its changelog records and offsets, it is not committed;
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Worker(trio_tables.TableManager):
         # committed offsets and the changelog has records that recovery applies.
         if offsets:
             self.commits += 1
-        if self.kill_point == "after-persist" and self.commits == 2:
-            say("KILLPOINT after-persist", sum(offsets.values()))
+        if self.kill_point in ("after-persist", "before-commit") and self.commits == 2:
+            say(f"KILLPOINT {self.kill_point}", sum(offsets.values()))
             await trio.sleep_forever()
 
 
@@ -62,6 +64,8 @@ async def main(args: argparse.Namespace) -> None:
         commit_interval=args.commit_interval,
         standby_replicas=args.standby_replicas,
         transport_options=TEST_SETTINGS,
+        processing_guarantee=args.guarantee,
+        worker_id=args.worker_id,
     )
     manager.kill_point = args.kill_point
     restored = 0
@@ -145,6 +149,8 @@ if __name__ == "__main__":
     parser.add_argument("--commit-interval", type=float, default=0.5)
     parser.add_argument("--kill-point", default=None)
     parser.add_argument("--standby-replicas", type=int, default=0)
+    parser.add_argument("--guarantee", default="at_least_once")
+    parser.add_argument("--worker-id", default=None)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)

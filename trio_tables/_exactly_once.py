@@ -1,0 +1,252 @@
+"""The ``exactly_once`` commit path: one Kafka transaction per commit interval.
+
+The manager's producer is transactional (``transactional_id = "{app_id}-{worker_id}"``).
+A transaction is always open while the manager runs; everything produced goes into it:
+changelog records (sent by the commit cycle) and outputs of :meth:`TableManager.send`
+(sent at once). A commit cycle, with the streams held between two events for its whole
+duration:
+
+1. takes the tables' changes and the processed source offsets (no event in process:
+   if one is, the cycle is skipped, because its outputs may already be in the
+   transaction while its offset is not; the next interval tries again);
+2. sends the changelog records and flushes;
+3. adds the source offsets to the transaction with the consumer's group metadata
+   (KIP-447: a member of an older generation, a zombie, cannot commit);
+4. commits the transaction and begins the next one;
+5. only then writes the changes to the stores (with the changelog and source offsets).
+
+So a store never holds data of a transaction that did not commit: the changes of the
+interval wait in the tables' in-memory layers (``overlay``/``persisting``) until the
+commit. Rollback is *crash-only*: when a commit fails (fenced, stale generation,
+delivery error, cancellation), the interval's local changes are discarded, the
+transaction is aborted (readers with ``read_committed`` never see its records, and its
+offsets are not committed) and the worker stops with a typed error. Restarting it (or
+the partitions' next owner) rebuilds from committed data only and processes the
+interval's events again. A worker that dies without aborting (``kill -9``) leaves its
+transaction open: a restarted worker with the same ``worker_id`` aborts it when it
+registers its transactional id, before restoring anything (restores and standbys read
+``read_committed``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._transport._base import TP, Delivery, Producer
+from .errors import (
+    DeliveryFailed,
+    ProducerFenced,
+    TransactionAborted,
+    TrioTablesError,
+    WorkerFenced,
+)
+
+if TYPE_CHECKING:
+    from ._manager import TableManager
+
+__all__ = ["Transactions"]
+
+logger = logging.getLogger("trio_tables.exactly_once")
+
+#: How long an abort after a failure may take before the worker stops anyway (a fenced
+#: producer's abort may never be answered).
+ABORT_TIMEOUT = 10.0
+
+
+class Transactions:
+    """The transactional side of one :class:`TableManager` (``exactly_once``)."""
+
+    def __init__(self, manager: TableManager, transactional_id: str) -> None:
+        self._manager = manager
+        self.transactional_id = transactional_id
+        self._producer: Producer | None = None
+        # Held while a transaction ends and the next begins: manager.send() from a task
+        # that is not processing an event waits instead of finding no transaction open.
+        self._switch = trio.Lock()
+        self._open = False
+        self.outputs_pending = 0  # outputs of manager.send() in the open transaction
+        self.committed = 0  # transactions committed by this manager
+        self.aborted = 0  # transactions aborted by this manager
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @asynccontextmanager
+    async def running(self, producer: Producer) -> AsyncIterator[None]:
+        """Register the transactional id (fencing an older instance with the same id and
+        aborting what it left open) and open the first transaction. Leaving the block
+        with an error aborts the open transaction; leaving it normally aborts it only if
+        it is empty (the manager commits what is pending before)."""
+        self._producer = producer
+        await self._call(producer.init_transactions)
+        await self._call(producer.begin_transaction)
+        self._open = True
+        try:
+            yield
+        except BaseException:
+            await self._abort_quietly()
+            raise
+        if self.outputs_pending:
+            logger.warning(
+                "%s: %d output(s) sent after the last commit are discarded (aborted)",
+                self.transactional_id,
+                self.outputs_pending,
+            )
+        await self._abort_quietly()
+
+    async def _call(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except WorkerFenced:
+            raise
+        except ProducerFenced as exc:
+            self._open = False
+            raise WorkerFenced(self.transactional_id, str(exc)) from exc
+
+    async def _abort_quietly(self) -> None:
+        """Abort the open transaction, if any, ignoring a producer that cannot any more
+        (fenced, closed): the broker then aborts it itself. Shielded, bounded."""
+        if not self._open or self._producer is None:
+            return
+        self._open = False
+        with trio.CancelScope(shield=True), trio.move_on_after(ABORT_TIMEOUT):
+            try:
+                await self._producer.abort_transaction()
+                self.aborted += 1
+            except TrioTablesError as exc:
+                logger.info("%s: abort not possible (%r)", self.transactional_id, exc)
+
+    # -- outputs -----------------------------------------------------------------------
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        partition: int | None,
+        headers: Iterable[tuple[str, bytes]] | None,
+    ) -> Delivery:
+        """Produce an output inside the open transaction (see ``TableManager.send``)."""
+        assert self._producer is not None
+        async with self._switch:
+            if not self._open:
+                raise TransactionAborted(
+                    self.transactional_id, RuntimeError("no transaction is open any more")
+                )
+            delivery = await self._producer.send(
+                topic, value, key=key, partition=partition, headers=headers
+            )
+            self.outputs_pending += 1
+            return delivery
+
+    # -- the commit cycle ------------------------------------------------------------------
+    async def commit_cycle(
+        self, releasing: frozenset[int], grace: float
+    ) -> tuple[dict[TP, int], frozenset[int]]:
+        """One transaction: the source offsets committed with it and the partitions whose
+        event was still in process (then nothing was committed: with ``releasing``
+        partitions, that is an error, the transaction is aborted).
+
+        Cancellation: the transactional steps run shielded; cancelled while waiting for
+        events to finish, nothing happened. Any failure after the first record was sent
+        aborts the transaction, discards the interval's local changes and raises
+        (:class:`WorkerFenced` or :class:`TransactionAborted`); the manager then stops.
+        """
+        manager = self._manager
+        producer = self._producer
+        assert producer is not None
+        if manager._stopping_on_error():  # failed while this cycle waited for the lock
+            return {}, frozenset()
+        included = manager._ready | releasing
+        async with manager._quiesced(grace) as busy:
+            if busy:
+                # An event in process may have sent outputs into this transaction already;
+                # committing now would commit them without the event's offset.
+                if releasing:
+                    await self._fail(
+                        RuntimeError(
+                            f"an event of partitions {sorted(busy)} was still in process "
+                            f"after {grace:g}s while its partitions were being released"
+                        )
+                    )
+                logger.debug("%s: commit skipped, events in process", manager.app_id)
+                return {}, busy
+            snapshot = {
+                tp: offset for tp, offset in manager._processed.items() if tp.partition in included
+            }
+            offsets = {
+                tp: offset
+                for tp, offset in snapshot.items()
+                if tp in manager._supervisor.assigned and offset > manager._committed.get(tp, -1)
+            }
+            taken = [(table, table.take_changes()[0]) for table in manager.tables.values()]
+            records = [record for _, table_records in taken for record in table_records]
+            deliveries: list[Delivery] = []
+            if records or offsets or self.outputs_pending:
+                try:
+                    with trio.CancelScope(shield=True):
+                        if records:
+                            deliveries = await producer.send_batch(records)
+                        await producer.flush()
+                        if offsets:
+                            consumer = manager._consumer
+                            if consumer is None:
+                                raise RuntimeError("the group was left before the commit")
+                            metadata = await consumer.group_metadata()
+                            await producer.send_offsets_to_transaction(offsets, metadata)
+                    await manager.on_commit(offsets)
+                    with trio.CancelScope(shield=True):
+                        async with self._switch:
+                            self._open = False
+                            await self._call(producer.commit_transaction)
+                            self.outputs_pending = 0
+                            self.committed += 1
+                            await self._call(producer.begin_transaction)
+                            self._open = True
+                except BaseException as exc:
+                    await self._fail(exc)
+        manager._committed.update(offsets)
+        await manager._persist(taken, deliveries, snapshot)
+        return offsets, busy
+
+    async def roll_back(self, partitions: frozenset[int]) -> None:
+        """``partitions`` were lost (this member was evicted): abort what the open
+        transaction holds and drop every uncommitted local change. Partitions still
+        active here would then have processed events that nothing records: the worker
+        stops (:class:`TransactionAborted`)."""
+        manager = self._manager
+        still_active = manager._ready - partitions
+        if still_active:
+            await self._fail(
+                RuntimeError(f"partitions {sorted(partitions)} were lost while others stay")
+            )
+        self._discard_local_changes()
+        await self._abort_quietly()
+        assert self._producer is not None
+        with trio.CancelScope(shield=True):
+            async with self._switch:
+                self.outputs_pending = 0
+                await self._call(self._producer.begin_transaction)
+                self._open = True
+
+    def _discard_local_changes(self) -> None:
+        for table in self._manager.tables.values():
+            table.discard_uncommitted(table.uncommitted_partitions())
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Crash-only rollback: forget the interval locally, abort it, stop committing
+        and raise the typed error (``Cancelled`` and fencing pass through as they are)."""
+        self._manager._failing = True
+        self._discard_local_changes()
+        await self._abort_quietly()
+        if isinstance(exc, (WorkerFenced, trio.Cancelled)):
+            raise exc
+        if isinstance(exc, ProducerFenced) or (
+            isinstance(exc, DeliveryFailed) and "ProducerFenced" in repr(exc.__cause__)
+        ):
+            raise WorkerFenced(self.transactional_id, str(exc)) from exc
+        logger.error("%s: transaction aborted: %r", self.transactional_id, exc)
+        raise TransactionAborted(self.transactional_id, exc) from exc

@@ -55,6 +55,8 @@ class Worker:
         store: str = "memory://",
         kill_point: str | None = None,
         standby_replicas: int = 0,
+        transport_options: dict[str, Any] | None = None,
+        commit_interval: float | None = None,
     ) -> None:
         self.name = name
         self.dump_path = workdir / f"{name}.json"
@@ -68,6 +70,10 @@ class Worker:
             self.command += ["--kill-point", kill_point]
         if standby_replicas:
             self.command += ["--standby-replicas", str(standby_replicas)]
+        if commit_interval is not None:
+            self.command += ["--commit-interval", str(commit_interval)]
+        for option, value in (transport_options or {}).items():
+            self.command += ["--transport-option", f"{option}={json.dumps(value)}"]
         self.lines: list[str] = []
         self._changed = trio.Event()
         self.process: trio.Process | None = None

@@ -61,7 +61,7 @@ async def main(args: argparse.Namespace) -> None:
         store=args.store,
         commit_interval=args.commit_interval,
         standby_replicas=args.standby_replicas,
-        transport_options=TEST_SETTINGS,
+        transport_options={**TEST_SETTINGS, **dict(args.transport_option)},
     )
     manager.kill_point = args.kill_point
     restored = 0
@@ -145,8 +145,19 @@ if __name__ == "__main__":
     parser.add_argument("--commit-interval", type=float, default=0.5)
     parser.add_argument("--kill-point", default=None)
     parser.add_argument("--standby-replicas", type=int, default=0)
+    parser.add_argument(
+        "--transport-option",
+        type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),
+        action="append",
+        default=[],
+        help="NAME=JSON, a transport setting (repeatable)",
+    )
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     if os.environ.get("COUNTER_APP_DEBUG"):
         logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG)

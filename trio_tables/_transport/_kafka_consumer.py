@@ -31,6 +31,7 @@ from ._kafka_bridge import (
     to_kafka_offsets,
     to_kafka_tp,
 )
+from ._retry import RetryPolicy
 
 __all__ = ["HighWatermarkProbe", "KafkaGroupConsumer", "KafkaRestoreConsumer"]
 
@@ -70,10 +71,18 @@ class HighWatermarkProbe:
     positions of the consumer that asked.
     """
 
-    def __init__(self, owner: ClientOwner, consumer: Any, timeout: float) -> None:
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        timeout: float,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._owner = owner
         self._consumer = consumer
         self._timeout = timeout
+        self._retry = retry or RetryPolicy("the Kafka cluster")
 
     def _probe(self, tps: list[TP]) -> dict[TP, int]:
         consumer = self._consumer
@@ -108,7 +117,9 @@ class HighWatermarkProbe:
         wanted = sorted(set(tps))
         if not wanted:
             return {}
-        return await self._owner.run(self._probe, wanted)
+        return await self._retry.run(
+            "fetching end offsets", lambda: self._owner.run(self._probe, wanted)
+        )
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -120,11 +131,19 @@ class HighWatermarkProbe:
 class _KafkaFetching:
     """What group and restore consumers share: poll, seek, positions, offsets, pausing."""
 
-    def __init__(self, owner: ClientOwner, consumer: Any, probe: HighWatermarkProbe) -> None:
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._owner = owner
         self._consumer = consumer
         self._probe = probe
         self._paused: set[TP] = set()
+        self._retry = retry or RetryPolicy("the Kafka cluster")
 
     async def poll(
         self, *, timeout: float = 0.2, max_records: int | None = None
@@ -137,7 +156,7 @@ class _KafkaFetching:
             box.append(batch)
 
         try:
-            await self._owner.run(work)
+            await self._retry.run("poll", lambda: self._owner.run(work))
             # A cancellation that arrived while the thread ran is delivered here, with the
             # records handed back, rather than at the caller's next checkpoint with the
             # records in the caller's hands.
@@ -176,7 +195,10 @@ class _KafkaFetching:
 
     async def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         ktps = [to_kafka_tp(tp) for tp in tps]
-        raw = await self._owner.run(self._consumer.beginning_offsets, ktps)
+        raw = await self._retry.run(
+            "fetching beginning offsets",
+            lambda: self._owner.run(self._consumer.beginning_offsets, ktps),
+        )
         return {from_kafka_tp(ktp): int(offset) for ktp, offset in raw.items()}
 
     async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
@@ -208,8 +230,15 @@ class _KafkaFetching:
 class KafkaRestoreConsumer(_KafkaFetching):
     """Implements :class:`~trio_tables._transport._base.RestoreConsumer`."""
 
-    def __init__(self, owner: ClientOwner, consumer: Any, probe: HighWatermarkProbe) -> None:
-        super().__init__(owner, consumer, probe)
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(owner, consumer, probe, retry=retry)
         self._assignment: frozenset[TP] = frozenset()
 
     async def assign(self, tps: Iterable[TP]) -> None:
@@ -257,8 +286,9 @@ class KafkaGroupConsumer(_KafkaFetching):
         listener: RebalanceListener,
         nursery: trio.Nursery,
         reset_to_latest: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(owner, consumer, probe)
+        super().__init__(owner, consumer, probe, retry=retry)
         self._listener = listener
         self._reset_to_latest = reset_to_latest
         # Partitions assigned during the current poll: where they start is checked
@@ -374,7 +404,10 @@ class KafkaGroupConsumer(_KafkaFetching):
         if not offsets:
             return
         try:
-            await self._owner.run(self._consumer.commit, to_kafka_offsets(offsets))
+            await self._retry.run(
+                "offset commit",
+                lambda: self._owner.run(self._consumer.commit, to_kafka_offsets(offsets)),
+            )
         except (
             kafka_errors.CommitFailedError,
             kafka_errors.IllegalGenerationError,
@@ -392,7 +425,7 @@ class KafkaGroupConsumer(_KafkaFetching):
         def fetch() -> dict[TP, int | None]:
             return {tp: self._consumer.committed(to_kafka_tp(tp)) for tp in wanted}
 
-        return await self._owner.run(fetch)
+        return await self._retry.run("fetching committed offsets", lambda: self._owner.run(fetch))
 
     async def group_metadata(self) -> GroupMetadata:
         raw = await self._owner.run(self._consumer.group_metadata)

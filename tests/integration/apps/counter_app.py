@@ -9,6 +9,13 @@ the test can ``kill -9`` it exactly there:
 * ``after-persist``: the second commit cycle persisted the stores, its offsets are not
   committed;
 * ``during-recovery``: after applying some changelog records while recovering;
+
+With ``COUNTER_APP_TRACE`` set in its environment it writes an event log to
+``<dump>.trace``, one line per event, each written through to the file at once (so a
+``kill -9`` leaves a complete prefix): ``assigned <generation> <partitions as JSON>``
+(the whole assignment, before its recovery starts), ``recovered <generation>
+<partition>`` (recovered by every table, before it is handed to the stream),
+``revoked <partitions as JSON>`` and ``processed <partition> <offset> <key>``.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import attrs
 import trio
@@ -40,9 +47,31 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
+TRACE: TextIO | None = None
+
+
+def trace(*words: object) -> None:
+    if TRACE is not None:
+        print(*words, file=TRACE)
+
+
 class Worker(trio_tables.TableManager):
     kill_point: str | None = None
     commits = 0
+    generation = 0
+
+    async def on_rebalance(
+        self,
+        assigned: frozenset[TP],
+        revoked: frozenset[TP],
+        newly_assigned: frozenset[TP],
+        generation_id: int = 0,
+    ) -> None:
+        self.generation = generation_id
+        trace("assigned", generation_id, json.dumps(sorted({tp.partition for tp in assigned})))
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None:
+        trace("revoked", json.dumps(sorted({tp.partition for tp in revoked})))
 
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
         # The second commit with offsets: the first one landed, so the group has
@@ -54,7 +83,22 @@ class Worker(trio_tables.TableManager):
             await trio.sleep_forever()
 
 
+class TracedTable(trio_tables.Table):
+    async def on_recovery_completed(
+        self, active: frozenset[int], standby: frozenset[int] = frozenset()
+    ) -> None:
+        # Called right after the partitions became active, before any task could run:
+        # the stream cannot have handed out one of their events yet.
+        assert isinstance(self.manager, Worker)
+        for partition in sorted(active):
+            trace("recovered", self.manager.generation, partition)
+        await super().on_recovery_completed(active, standby)
+
+
 async def main(args: argparse.Namespace) -> None:
+    global TRACE
+    if os.environ.get("COUNTER_APP_TRACE"):
+        TRACE = open(f"{args.dump}.trace", "w", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered
     manager = Worker(
         args.app,
         broker=args.broker,
@@ -75,13 +119,15 @@ async def main(args: argparse.Namespace) -> None:
         return None
 
     async with manager:
-        counts = manager.Table(
+        counts = TracedTable(
+            manager,
             "counts",
             default=int,
             key_type=str,
             value_type=int,
             on_changelog_event=on_changelog_event,
         )
+        manager.add(counts)
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
 
@@ -105,15 +151,10 @@ async def main(args: argparse.Namespace) -> None:
 
                 nursery.start_soon(report)
 
-                trace = os.environ.get("COUNTER_APP_TRACE")  # write <dump>.trace
-                trace_file = open(f"{args.dump}.trace", "w") if trace else None  # noqa: SIM115, ASYNC230
-
                 async def process() -> None:
                     async for event in events:
                         counts[event.key] += 1
-                        if trace_file is not None:
-                            # Which events this worker processed (debugging aid).
-                            trace_file.write(f"{event.partition} {event.offset} {event.key}\n")
+                        trace("processed", event.partition, event.offset, event.key)
 
                 async with trio.open_nursery() as processing:
                     processing.start_soon(process)

@@ -152,10 +152,18 @@ class _KafkaFetching:
 
         def work() -> None:
             batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
-            self._fix_positions(batch)
+            try:
+                self._fix_positions(batch)
+            except Exception:
+                # The broker went away in the middle: fetch these records again on the
+                # next attempt (a retried poll must not skip them).
+                self._rewind(batch)
+                raise
             box.append(batch)
 
         try:
+            # Retried while the broker is unreachable: a failed attempt handed nothing
+            # out and left every position where it was.
             await self._retry.run("poll", lambda: self._owner.run(work))
             # A cancellation that arrived while the thread ran is delivered here, with the
             # records handed back, rather than at the caller's next checkpoint with the
@@ -174,18 +182,18 @@ class _KafkaFetching:
     def _after_poll(self) -> None:
         """Hook for the group consumer (surfaces listener errors)."""
 
+    def _rewind(self, batch: Batch) -> None:
+        """(Worker thread) Seek back to the first record of each partition of ``batch``."""
+        for tp, records in batch.items():
+            # No longer assigned: the next owner starts from the last commit.
+            with contextlib.suppress(kafka_errors.IllegalStateError):
+                if records:
+                    self._consumer.seek(to_kafka_tp(tp), records[0].offset)
+
     async def _hand_back(self, batch: Batch) -> None:
         """Rewind to the first record of a batch that the caller never received."""
-
-        def rewind() -> None:
-            for tp, records in batch.items():
-                # No longer assigned: the next owner starts from the last commit.
-                with contextlib.suppress(kafka_errors.IllegalStateError):
-                    if records:
-                        self._consumer.seek(to_kafka_tp(tp), records[0].offset)
-
         with trio.CancelScope(shield=True):
-            await self._owner.run(rewind)
+            await self._owner.run(self._rewind, batch)
 
     async def seek(self, tp: TP, offset: int) -> None:
         await self._owner.run(self._consumer.seek, to_kafka_tp(tp), offset)
@@ -363,6 +371,22 @@ class KafkaGroupConsumer(_KafkaFetching):
         fresh, self._fresh = self._fresh, {}
         if not fresh:
             return
+        try:
+            starts = self._group_starts(fresh)
+        except Exception:
+            self._fresh = {**fresh, **self._fresh}  # checked again after the next poll
+            raise
+        consumer = self._consumer
+        for tp, start in starts.items():
+            records = batch.get(tp)
+            if records and records[0].offset == start:
+                continue  # fetched from the right place
+            batch.pop(tp, None)
+            consumer.seek(to_kafka_tp(tp), start)
+
+    def _group_starts(self, fresh: dict[TP, int | None]) -> dict[TP, int]:
+        """Where each newly assigned partition starts: the group's commit, else the
+        "latest" floor, else the beginning (asks the broker)."""
         consumer = self._consumer
         assigned = consumer.assignment()
         starts: dict[TP, int] = {}
@@ -383,12 +407,7 @@ class KafkaGroupConsumer(_KafkaFetching):
             beginnings = consumer.beginning_offsets(ktps)
             for tp, ktp in zip(uncommitted, ktps, strict=True):
                 starts[tp] = beginnings[ktp]
-        for tp, start in starts.items():
-            records = batch.get(tp)
-            if records and records[0].offset == start:
-                continue  # fetched from the right place
-            batch.pop(tp, None)
-            consumer.seek(to_kafka_tp(tp), start)
+        return starts
 
     def _after_poll(self) -> None:
         if self._listener_errors:

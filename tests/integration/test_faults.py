@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -193,9 +194,11 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
 ) -> None:
     """Tansu with S3 storage (it keeps topics, records and committed offsets across a
     restart) is killed with SIGKILL while a worker is busy, twice: down for 2 s, then for
-    8 s (longer than the session timeout), and restarted on the same port. The worker
-    process reconnects by itself (kafka-python's reconnects plus trio_tables' bounded,
-    logged retries of commits and offset requests), loses nothing and counts exactly."""
+    8 s (longer than the session timeout), and restarted on the same port. The first
+    time, the worker is about to commit offsets (held at its second commit until the
+    broker is gone), so the commit meets a dead broker. The worker process reconnects by
+    itself (kafka-python's reconnects plus trio_tables' bounded, logged retries of
+    commits and offset requests), loses nothing and counts exactly."""
     topic, app = unique_name("words"), unique_name("outage")
     workdir = scratch_dir(tmp_path, "outage")
     async with _s3_server() as env:
@@ -208,14 +211,18 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
             await _topic(broker, topic)
             feeder = Feeder(broker, topic, _seed(), batch=20)
             w = Worker("w", broker=broker, app=app, topic=topic, workdir=workdir,
-                       store=f"sqlite://{workdir / 'state'}", commit_interval=0.2)
+                       store=f"sqlite://{workdir / 'state'}", commit_interval=0.2,
+                       kill_point="hold-commit")
             with printing_worker_logs_on_failure(), trio.fail_after(300):
                 async with trio.open_nursery() as nursery:
                     await w.start(nursery)
                     await w.wait_for_line("ACTIVE [")
                     nursery.start_soon(feeder.run)
                     for outage in (2.0, 8.0):
-                        await wait_caught_up(broker, app, topic, PARTITIONS, [w])
+                        if outage == 2.0:
+                            await w.wait_for_line("HOLDING commit")
+                        else:
+                            await wait_caught_up(broker, app, topic, PARTITIONS, [w])
                         async with feeder.lock:  # no batch half sent when the broker dies
                             # A backlog, so that the worker is busy when the broker dies.
                             backlog = words(1000, int(outage))
@@ -224,6 +231,9 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
                             await trio.to_thread.run_sync(
                                 lambda b=broker: stop_embedded_broker(b, kill=True)
                             )
+                            if outage == 2.0:
+                                assert w.process is not None
+                                w.process.send_signal(signal.SIGUSR2)  # commit now
                             await trio.sleep(outage)  # the outage itself
                             broker = await trio.to_thread.run_sync(start, broker.port)
                         w.check_alive()
@@ -239,6 +249,8 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
     assert "ECONNREFUSED" in log  # the worker did see the broker go away
     retries = [line for line in log.splitlines() if "broker unreachable?" in line]
     print(f"{len(feeder.produced)} records; trio_tables retries logged: {len(retries)}")
+    print("\n".join(retries[:5]))
+    assert any("offset commit failed" in line for line in retries), "the commit was not retried"
 
 
 # -- rebalance storm -------------------------------------------------------------------------

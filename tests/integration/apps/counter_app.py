@@ -9,6 +9,8 @@ the test can ``kill -9`` it exactly there:
 * ``after-persist``: the second commit cycle persisted the stores, its offsets are not
   committed;
 * ``during-recovery``: after applying some changelog records while recovering;
+* ``hold-commit``: not a kill: the second commit with offsets waits (``HOLDING commit``)
+  until the worker receives SIGUSR2, then commits (the test stops the broker meanwhile);
 
 With ``COUNTER_APP_TRACE`` set in its environment it writes an event log to
 ``<dump>.trace``, one line per event, each written through to the file at once (so a
@@ -81,6 +83,11 @@ class Worker(trio_tables.TableManager):
         if self.kill_point == "after-persist" and self.commits == 2:
             say("KILLPOINT after-persist", sum(offsets.values()))
             await trio.sleep_forever()
+        if self.kill_point == "hold-commit" and self.commits == 2:
+            with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+                say("HOLDING commit")
+                async for _ in signals:
+                    break
 
 
 class TracedTable(trio_tables.Table):

@@ -193,12 +193,21 @@ class KafkaTransport:
     async def _open_producer(
         self, *, transactional_id: str | None, max_in_flight: int, linger: float
     ) -> AsyncIterator[Producer]:
+        ordering: dict[str, Any] = {}
+        if transactional_id is None and "enable_idempotence" not in self.settings.extra:
+            # Not idempotent: a broker that loses a producer's sequence state (Tansu
+            # after a restart) fails an idempotent producer fatally (OutOfOrderSequence,
+            # then InitProducerId refused). One request in flight keeps retries in order;
+            # a retried duplicate is harmless (changelog replay is last-write-wins, and
+            # at_least_once outputs may repeat anyway).
+            ordering = {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1}
         config = self.settings.for_client(
             KafkaProducer,
             acks="all",
             linger_ms=int(linger * 1000),
             batch_size=256 * 1024,
             transactional_id=transactional_id,
+            **ordering,
         )
         client = await self._connect(KafkaProducer, config)
         producer = KafkaTransportProducer(

@@ -9,8 +9,9 @@ the test can ``kill -9`` it exactly there:
 * ``after-persist``: the second commit cycle persisted the stores, its offsets are not
   committed;
 * ``during-recovery``: after applying some changelog records while recovering;
-* ``hold-commit``: not a kill: the second commit with offsets waits (``HOLDING commit``)
-  until the worker receives SIGUSR2, then commits (the test stops the broker meanwhile);
+* ``hold-commit``: not a kill: the second commit with offsets that move on waits
+  (``HOLDING commit``) until the worker receives SIGUSR2, then commits (the test stops
+  the broker meanwhile);
 
 With ``COUNTER_APP_TRACE`` set in its environment it writes an event log to
 ``<dump>.trace``, one line per event, each written through to the file at once (so a
@@ -61,6 +62,8 @@ class Worker(trio_tables.TableManager):
     kill_point: str | None = None
     commits = 0
     generation = 0
+    moving_commits = 0
+    last_offsets: Mapping[TP, int] = {}
 
     async def on_rebalance(
         self,
@@ -83,11 +86,15 @@ class Worker(trio_tables.TableManager):
         if self.kill_point == "after-persist" and self.commits == 2:
             say("KILLPOINT after-persist", sum(offsets.values()))
             await trio.sleep_forever()
-        if self.kill_point == "hold-commit" and self.commits == 2:
-            with trio.open_signal_receiver(signal.SIGUSR2) as signals:
-                say("HOLDING commit")
-                async for _ in signals:
-                    break
+        if offsets and offsets != self.last_offsets:
+            # Some offset moved on: this commit will reach the broker.
+            self.moving_commits += 1
+            self.last_offsets = dict(offsets)
+            if self.kill_point == "hold-commit" and self.moving_commits == 2:
+                with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+                    say("HOLDING commit")
+                    async for _ in signals:
+                        break
 
 
 class TracedTable(trio_tables.Table):

@@ -36,6 +36,7 @@ from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
+from ._retry import RetryPolicy
 
 __all__ = ["KafkaSettings", "KafkaTransport", "open_kafka_transport"]
 
@@ -52,11 +53,19 @@ class KafkaSettings:
     ``session_timeout_ms=6000, heartbeat_interval_ms=1000`` (Tansu holds each join round
     for about half the session timeout). ``extra`` passes any other kafka-python setting
     to every client that knows it (e.g. ``{"ssl_check_hostname": False}``).
+
+    ``reconnect_timeout``: while no broker answers (a broker restart, a network cut),
+    commits, offset and metadata requests and polls are retried with exponential backoff
+    (0.1 s doubling to 5 s, each attempt logged) for at most this many seconds, then fail
+    with :class:`~trio_tables.errors.BrokerUnavailable`. Produced records are retried
+    by kafka-python itself for ``delivery_timeout_ms`` (default 120 s), then fail with
+    :class:`~trio_tables.errors.DeliveryFailed`.
     """
 
     bootstrap_servers: str
     client_id: str = "trio-tables"
     connect_timeout: float = 10.0
+    reconnect_timeout: float = 60.0
     request_timeout_ms: int = 30_000
     session_timeout_ms: int = 45_000
     heartbeat_interval_ms: int = 3_000
@@ -104,6 +113,7 @@ class KafkaTransport:
         self.settings = settings
         self._admin = admin
         self._admin_owner = ClientOwner("Kafka admin client")
+        self._retry = RetryPolicy(settings.bootstrap_servers, settings.reconnect_timeout)
 
     @property
     def url(self) -> str:
@@ -130,7 +140,10 @@ class KafkaTransport:
     ) -> TopicDescription:
         topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(configs or {}))
         try:
-            await self._admin_owner.run(self._admin.create_topics, [topic])
+            await self._retry.run(
+                f"creating topic {name!r}",
+                lambda: self._admin_owner.run(self._admin.create_topics, [topic]),
+            )
         except kafka_errors.TopicAlreadyExistsError:
             if not exist_ok:
                 raise
@@ -163,7 +176,9 @@ class KafkaTransport:
                 logger.debug("describe_configs(%s) failed: %r", name, exc)
             return info, configs
 
-        info, configs = await self._admin_owner.run(describe)
+        info, configs = await self._retry.run(
+            f"describing topic {name!r}", lambda: self._admin_owner.run(describe)
+        )
         if info["error_code"] == _UNKNOWN_TOPIC or not info["partitions"]:
             raise UnknownTopic(name)
         if info["error_code"]:
@@ -171,7 +186,11 @@ class KafkaTransport:
         return TopicDescription(name, len(info["partitions"]), configs)
 
     async def list_topics(self) -> frozenset[str]:
-        return frozenset(await self._admin_owner.run(self._admin.list_topics))
+        return frozenset(
+            await self._retry.run(
+                "listing topics", lambda: self._admin_owner.run(self._admin.list_topics)
+            )
+        )
 
     async def group_offsets(self, group_id: str) -> dict[TP, int]:
         # OffsetFetch for all of the group's partitions (no JoinGroup).
@@ -187,12 +206,21 @@ class KafkaTransport:
     async def _open_producer(
         self, *, transactional_id: str | None, max_in_flight: int, linger: float
     ) -> AsyncIterator[Producer]:
+        ordering: dict[str, Any] = {}
+        if transactional_id is None and "enable_idempotence" not in self.settings.extra:
+            # Not idempotent: a broker that loses a producer's sequence state (Tansu
+            # after a restart) fails an idempotent producer fatally (OutOfOrderSequence,
+            # then InitProducerId refused). One request in flight keeps retries in order;
+            # a retried duplicate is harmless (changelog replay is last-write-wins, and
+            # at_least_once outputs may repeat anyway).
+            ordering = {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1}
         config = self.settings.for_client(
             KafkaProducer,
             acks="all",
             linger_ms=int(linger * 1000),
             batch_size=256 * 1024,
             transactional_id=transactional_id,
+            **ordering,
         )
         client = await self._connect(KafkaProducer, config)
         producer = KafkaTransportProducer(
@@ -235,7 +263,10 @@ class KafkaTransport:
         )
         client = await self._connect(KafkaConsumer, config)
         probe = HighWatermarkProbe(
-            ClientOwner("Kafka high-watermark probe"), client, self.settings.connect_timeout
+            ClientOwner("Kafka high-watermark probe"),
+            client,
+            self.settings.connect_timeout,
+            retry=self._retry,
         )
         try:
             yield probe
@@ -287,6 +318,7 @@ class KafkaTransport:
                 listener=listener,
                 nursery=nursery,
                 reset_to_latest=auto_offset_reset == "latest",
+                retry=self._retry,
             )
             try:
                 await consumer._owner.run(
@@ -337,7 +369,9 @@ class KafkaTransport:
         )
         async with self._open_probe(isolation_level) as probe:
             client = await self._connect(KafkaConsumer, config)
-            consumer = KafkaRestoreConsumer(ClientOwner("Kafka restore consumer"), client, probe)
+            consumer = KafkaRestoreConsumer(
+                ClientOwner("Kafka restore consumer"), client, probe, retry=self._retry
+            )
             try:
                 yield consumer
             finally:

@@ -31,6 +31,7 @@ from ._kafka_bridge import (
     to_kafka_offsets,
     to_kafka_tp,
 )
+from ._retry import RetryPolicy
 
 __all__ = ["HighWatermarkProbe", "KafkaGroupConsumer", "KafkaRestoreConsumer"]
 
@@ -70,10 +71,18 @@ class HighWatermarkProbe:
     positions of the consumer that asked.
     """
 
-    def __init__(self, owner: ClientOwner, consumer: Any, timeout: float) -> None:
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        timeout: float,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._owner = owner
         self._consumer = consumer
         self._timeout = timeout
+        self._retry = retry or RetryPolicy("the Kafka cluster")
 
     def _probe(self, tps: list[TP]) -> dict[TP, int]:
         consumer = self._consumer
@@ -108,7 +117,9 @@ class HighWatermarkProbe:
         wanted = sorted(set(tps))
         if not wanted:
             return {}
-        return await self._owner.run(self._probe, wanted)
+        return await self._retry.run(
+            "fetching end offsets", lambda: self._owner.run(self._probe, wanted)
+        )
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -120,11 +131,19 @@ class HighWatermarkProbe:
 class _KafkaFetching:
     """What group and restore consumers share: poll, seek, positions, offsets, pausing."""
 
-    def __init__(self, owner: ClientOwner, consumer: Any, probe: HighWatermarkProbe) -> None:
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._owner = owner
         self._consumer = consumer
         self._probe = probe
         self._paused: set[TP] = set()
+        self._retry = retry or RetryPolicy("the Kafka cluster")
 
     async def poll(
         self, *, timeout: float = 0.2, max_records: int | None = None
@@ -133,11 +152,19 @@ class _KafkaFetching:
 
         def work() -> None:
             batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
-            self._fix_positions(batch)
+            try:
+                self._fix_positions(batch)
+            except Exception:
+                # The broker went away in the middle: fetch these records again on the
+                # next attempt (a retried poll must not skip them).
+                self._rewind(batch)
+                raise
             box.append(batch)
 
         try:
-            await self._owner.run(work)
+            # Retried while the broker is unreachable: a failed attempt handed nothing
+            # out and left every position where it was.
+            await self._retry.run("poll", lambda: self._owner.run(work))
             # A cancellation that arrived while the thread ran is delivered here, with the
             # records handed back, rather than at the caller's next checkpoint with the
             # records in the caller's hands.
@@ -155,18 +182,18 @@ class _KafkaFetching:
     def _after_poll(self) -> None:
         """Hook for the group consumer (surfaces listener errors)."""
 
+    def _rewind(self, batch: Batch) -> None:
+        """(Worker thread) Seek back to the first record of each partition of ``batch``."""
+        for tp, records in batch.items():
+            # No longer assigned: the next owner starts from the last commit.
+            with contextlib.suppress(kafka_errors.IllegalStateError):
+                if records:
+                    self._consumer.seek(to_kafka_tp(tp), records[0].offset)
+
     async def _hand_back(self, batch: Batch) -> None:
         """Rewind to the first record of a batch that the caller never received."""
-
-        def rewind() -> None:
-            for tp, records in batch.items():
-                # No longer assigned: the next owner starts from the last commit.
-                with contextlib.suppress(kafka_errors.IllegalStateError):
-                    if records:
-                        self._consumer.seek(to_kafka_tp(tp), records[0].offset)
-
         with trio.CancelScope(shield=True):
-            await self._owner.run(rewind)
+            await self._owner.run(self._rewind, batch)
 
     async def seek(self, tp: TP, offset: int) -> None:
         await self._owner.run(self._consumer.seek, to_kafka_tp(tp), offset)
@@ -176,7 +203,10 @@ class _KafkaFetching:
 
     async def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         ktps = [to_kafka_tp(tp) for tp in tps]
-        raw = await self._owner.run(self._consumer.beginning_offsets, ktps)
+        raw = await self._retry.run(
+            "fetching beginning offsets",
+            lambda: self._owner.run(self._consumer.beginning_offsets, ktps),
+        )
         return {from_kafka_tp(ktp): int(offset) for ktp, offset in raw.items()}
 
     async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
@@ -208,8 +238,15 @@ class _KafkaFetching:
 class KafkaRestoreConsumer(_KafkaFetching):
     """Implements :class:`~trio_tables._transport._base.RestoreConsumer`."""
 
-    def __init__(self, owner: ClientOwner, consumer: Any, probe: HighWatermarkProbe) -> None:
-        super().__init__(owner, consumer, probe)
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(owner, consumer, probe, retry=retry)
         self._assignment: frozenset[TP] = frozenset()
 
     async def assign(self, tps: Iterable[TP]) -> None:
@@ -257,8 +294,9 @@ class KafkaGroupConsumer(_KafkaFetching):
         listener: RebalanceListener,
         nursery: trio.Nursery,
         reset_to_latest: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(owner, consumer, probe)
+        super().__init__(owner, consumer, probe, retry=retry)
         self._listener = listener
         self._reset_to_latest = reset_to_latest
         # Partitions assigned during the current poll: where they start is checked
@@ -333,6 +371,22 @@ class KafkaGroupConsumer(_KafkaFetching):
         fresh, self._fresh = self._fresh, {}
         if not fresh:
             return
+        try:
+            starts = self._group_starts(fresh)
+        except Exception:
+            self._fresh = {**fresh, **self._fresh}  # checked again after the next poll
+            raise
+        consumer = self._consumer
+        for tp, start in starts.items():
+            records = batch.get(tp)
+            if records and records[0].offset == start:
+                continue  # fetched from the right place
+            batch.pop(tp, None)
+            consumer.seek(to_kafka_tp(tp), start)
+
+    def _group_starts(self, fresh: dict[TP, int | None]) -> dict[TP, int]:
+        """Where each newly assigned partition starts: the group's commit, else the
+        "latest" floor, else the beginning (asks the broker)."""
         consumer = self._consumer
         assigned = consumer.assignment()
         starts: dict[TP, int] = {}
@@ -353,12 +407,7 @@ class KafkaGroupConsumer(_KafkaFetching):
             beginnings = consumer.beginning_offsets(ktps)
             for tp, ktp in zip(uncommitted, ktps, strict=True):
                 starts[tp] = beginnings[ktp]
-        for tp, start in starts.items():
-            records = batch.get(tp)
-            if records and records[0].offset == start:
-                continue  # fetched from the right place
-            batch.pop(tp, None)
-            consumer.seek(to_kafka_tp(tp), start)
+        return starts
 
     def _after_poll(self) -> None:
         if self._listener_errors:
@@ -374,7 +423,10 @@ class KafkaGroupConsumer(_KafkaFetching):
         if not offsets:
             return
         try:
-            await self._owner.run(self._consumer.commit, to_kafka_offsets(offsets))
+            await self._retry.run(
+                "offset commit",
+                lambda: self._owner.run(self._consumer.commit, to_kafka_offsets(offsets)),
+            )
         except (
             kafka_errors.CommitFailedError,
             kafka_errors.IllegalGenerationError,
@@ -392,7 +444,7 @@ class KafkaGroupConsumer(_KafkaFetching):
         def fetch() -> dict[TP, int | None]:
             return {tp: self._consumer.committed(to_kafka_tp(tp)) for tp in wanted}
 
-        return await self._owner.run(fetch)
+        return await self._retry.run("fetching committed offsets", lambda: self._owner.run(fetch))
 
     async def group_metadata(self) -> GroupMetadata:
         """A snapshot of the membership (generation, member id). Unlike every other call

@@ -11,6 +11,16 @@ the test can ``kill -9`` it exactly there:
 * ``during-recovery``: after applying some changelog records while recovering;
 * ``before-commit`` (with ``--guarantee exactly_once``): the second transaction with
   offsets holds its changelog records and offsets, it is not committed;
+* ``hold-commit``: not a kill: the second commit with offsets that move on waits
+  (``HOLDING commit``) until the worker receives SIGUSR2, then commits (the test stops
+  the broker meanwhile);
+
+With ``COUNTER_APP_TRACE`` set in its environment it writes an event log to
+``<dump>.trace``, one line per event, each written through to the file at once (so a
+``kill -9`` leaves a complete prefix): ``assigned <generation> <partitions as JSON>``
+(the whole assignment, before its recovery starts), ``recovered <generation>
+<partition>`` (recovered by every table, before it is handed to the stream),
+``revoked <partitions as JSON>`` and ``processed <partition> <offset> <key>``.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import attrs
 import trio
@@ -42,9 +52,33 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
+TRACE: TextIO | None = None
+
+
+def trace(*words: object) -> None:
+    if TRACE is not None:
+        print(*words, file=TRACE)
+
+
 class Worker(trio_tables.TableManager):
     kill_point: str | None = None
     commits = 0
+    generation = 0
+    moving_commits = 0
+    last_offsets: Mapping[TP, int] = {}
+
+    async def on_rebalance(
+        self,
+        assigned: frozenset[TP],
+        revoked: frozenset[TP],
+        newly_assigned: frozenset[TP],
+        generation_id: int = 0,
+    ) -> None:
+        self.generation = generation_id
+        trace("assigned", generation_id, json.dumps(sorted({tp.partition for tp in assigned})))
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None:
+        trace("revoked", json.dumps(sorted({tp.partition for tp in revoked})))
 
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
         # The second commit with offsets: the first one landed, so the group has
@@ -54,16 +88,40 @@ class Worker(trio_tables.TableManager):
         if self.kill_point in ("after-persist", "before-commit") and self.commits == 2:
             say(f"KILLPOINT {self.kill_point}", sum(offsets.values()))
             await trio.sleep_forever()
+        if offsets and offsets != self.last_offsets:
+            # Some offset moved on: this commit will reach the broker.
+            self.moving_commits += 1
+            self.last_offsets = dict(offsets)
+            if self.kill_point == "hold-commit" and self.moving_commits == 2:
+                with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+                    say("HOLDING commit")
+                    async for _ in signals:
+                        break
+
+
+class TracedTable(trio_tables.Table):
+    async def on_recovery_completed(
+        self, active: frozenset[int], standby: frozenset[int] = frozenset()
+    ) -> None:
+        # Called right after the partitions became active, before any task could run:
+        # the stream cannot have handed out one of their events yet.
+        assert isinstance(self.manager, Worker)
+        for partition in sorted(active):
+            trace("recovered", self.manager.generation, partition)
+        await super().on_recovery_completed(active, standby)
 
 
 async def main(args: argparse.Namespace) -> None:
+    global TRACE
+    if os.environ.get("COUNTER_APP_TRACE"):
+        TRACE = open(f"{args.dump}.trace", "w", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered
     manager = Worker(
         args.app,
         broker=args.broker,
         store=args.store,
         commit_interval=args.commit_interval,
         standby_replicas=args.standby_replicas,
-        transport_options=TEST_SETTINGS,
+        transport_options={**TEST_SETTINGS, **dict(args.transport_option)},
         processing_guarantee=args.guarantee,
         worker_id=args.worker_id,
     )
@@ -79,13 +137,15 @@ async def main(args: argparse.Namespace) -> None:
         return None
 
     async with manager:
-        counts = manager.Table(
+        counts = TracedTable(
+            manager,
             "counts",
             default=int,
             key_type=str,
             value_type=int,
             on_changelog_event=on_changelog_event,
         )
+        manager.add(counts)
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
 
@@ -109,15 +169,10 @@ async def main(args: argparse.Namespace) -> None:
 
                 nursery.start_soon(report)
 
-                trace = os.environ.get("COUNTER_APP_TRACE")  # write <dump>.trace
-                trace_file = open(f"{args.dump}.trace", "w") if trace else None  # noqa: SIM115, ASYNC230
-
                 async def process() -> None:
                     async for event in events:
                         counts[event.key] += 1
-                        if trace_file is not None:
-                            # Which events this worker processed (debugging aid).
-                            trace_file.write(f"{event.partition} {event.offset} {event.key}\n")
+                        trace("processed", event.partition, event.offset, event.key)
 
                 async with trio.open_nursery() as processing:
                     processing.start_soon(process)
@@ -151,8 +206,19 @@ if __name__ == "__main__":
     parser.add_argument("--standby-replicas", type=int, default=0)
     parser.add_argument("--guarantee", default="at_least_once")
     parser.add_argument("--worker-id", default=None)
+    parser.add_argument(
+        "--transport-option",
+        type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),
+        action="append",
+        default=[],
+        help="NAME=JSON, a transport setting (repeatable)",
+    )
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     if os.environ.get("COUNTER_APP_DEBUG"):
         logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG)

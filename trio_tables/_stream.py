@@ -219,7 +219,13 @@ class Stream:
         self._finish_current()
 
     def close(self) -> None:
-        """Stop iterating; the event in progress (if any) counts as processed."""
+        """Stop iterating; the event in progress (if any) counts as processed.
+
+        The stream cannot tell a finished event from one whose processing task was
+        cancelled half-way: if you cancel the processing task and then leave the
+        ``async with manager.stream(...)`` block *normally*, an interrupted event counts
+        as processed. Leave the block with the cancellation or an exception instead (the
+        event is then processed again), or cancel only tasks that wait for events."""
         self._finish_current()
         self.closed = True
         self._changed.set()

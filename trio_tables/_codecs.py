@@ -100,6 +100,23 @@ def _from_jsonable(data: Any, type_: Any) -> Any:
     return data
 
 
+# Values of these exact types always encode as JSON: checking their type is enough.
+_JSON_SCALARS = frozenset({str, int, float, bool})
+
+
+def check_encodable(codec: Codec, value: Any) -> None:
+    """``TypeError`` if ``codec`` cannot encode ``value`` (what a table checks on every
+    write). Same verdict as ``codec.encode(value)``, without encoding when the answer is
+    known from the type alone: a JSON scalar of the codec's exact type (per-event cost)."""
+    if (
+        type(value) in _JSON_SCALARS
+        and type(codec) is JsonCodec
+        and (codec.type is None or type(value) is codec.type)
+    ):
+        return
+    codec.encode(value)
+
+
 @attrs.frozen
 class JsonCodec:
     """Compact JSON (UTF-8). Decoding checks the type when one is given."""

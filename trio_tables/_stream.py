@@ -87,7 +87,9 @@ class Stream:
         self._burst = 0
         self._changed = trio.Event()
         self._current: Event | None = None
-        self._current_done = trio.Event()
+        # Created only when a commit waits for the event in process (not per event).
+        self._current_done: trio.Event | None = None
+        self._tps: dict[int, TP] = {}
         self.skipped = 0
         self.closed = False
 
@@ -131,6 +133,8 @@ class Stream:
     async def wait_idle(self) -> None:
         """Wait until no event of this stream is being processed."""
         while self._current is not None:
+            if self._current_done is None:
+                self._current_done = trio.Event()
             await self._current_done.wait()
 
     # -- iteration --------------------------------------------------------------------
@@ -139,9 +143,17 @@ class Stream:
         if event is not None:
             self._current = None
             current_event.set(None)
-            self._manager._event_processed(event.tp, event.offset)
-            self._current_done.set()
-            self._current_done = trio.Event()
+            tp = self._tps.get(event.partition)
+            if tp is None:
+                tp = self._tps[event.partition] = event.tp
+            self._manager._event_processed(tp, event.offset)
+            self._set_current_done()
+
+    def _set_current_done(self) -> None:
+        done = self._current_done
+        if done is not None:
+            self._current_done = None
+            done.set()
 
     def _next_record(self) -> Record | None:
         order = self._order
@@ -223,6 +235,6 @@ class Stream:
         if self._current is not None:
             self._current = None
             current_event.set(None)
-            self._current_done.set()
+            self._set_current_done()
         self.closed = True
         self._changed.set()

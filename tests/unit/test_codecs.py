@@ -12,6 +12,7 @@ from trio_tables._codecs import (
     JsonCodec,
     PickleCodec,
     RawCodec,
+    check_encodable,
     resolve_codec,
 )
 
@@ -92,3 +93,29 @@ def test_resolve_codec_defaults_and_names() -> None:
     assert resolve_codec(custom, None, default="raw") is custom
     with pytest.raises(ValueError, match="unknown serializer 'yaml'"):
         resolve_codec("yaml", None, default="json")
+
+
+def _verdict(action: Any) -> str:
+    try:
+        action()
+    except TypeError:
+        return "TypeError"
+    return "ok"
+
+
+@given(
+    st.sampled_from([None, str, int, float, bool, bytes, dict, list]),
+    json_values | st.floats() | st.binary() | st.sets(st.integers(), max_size=3),
+)
+def test_check_encodable_agrees_with_encode(type_: type | None, value: Any) -> None:
+    # The write-time check skips encoding for JSON scalars: same verdict as encode().
+    for codec in (JsonCodec(type_), RawCodec(type_), PickleCodec()):
+        assert _verdict(lambda c=codec: check_encodable(c, value)) == _verdict(
+            lambda c=codec: c.encode(value)
+        ), (codec, value)
+
+
+def test_check_encodable_rejects_bool_for_int_and_accepts_int_for_float() -> None:
+    with pytest.raises(TypeError, match="expected int, got bool"):
+        check_encodable(JsonCodec(int), True)
+    check_encodable(JsonCodec(float), 3)

@@ -36,7 +36,7 @@ from .._changelog import (
     changelog_topic_name,
     to_records,
 )
-from .._codecs import Codec, resolve_codec
+from .._codecs import Codec, check_encodable, resolve_codec
 from .._store import Store, open_store
 from .._store._base import MISSING
 from .._stream import Stream, current_event
@@ -311,9 +311,9 @@ class Collection:
     def _write(self, key: Any, value: Any) -> None:
         """Record ``value`` (``None`` deletes) for ``key``; checks types first."""
         partition = self._write_partition(key)
-        self.key_codec.encode(key)  # TypeError now, not at commit time
+        check_encodable(self.key_codec, key)  # TypeError now, not at commit time
         if value is not None:
-            self.value_codec.encode(value)
+            check_encodable(self.value_codec, value)
             value = _detached(value)
         event = current_event.get()
         source = None if event is None else SourceOffset(event.topic, event.partition, event.offset)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -13,6 +14,7 @@ from trio_tables._codecs import (
     PickleCodec,
     RawCodec,
     check_encodable,
+    check_type,
     resolve_codec,
 )
 
@@ -119,3 +121,42 @@ def test_check_encodable_rejects_bool_for_int_and_accepts_int_for_float() -> Non
     with pytest.raises(TypeError, match="expected int, got bool"):
         check_encodable(JsonCodec(int), True)
     check_encodable(JsonCodec(float), 3)
+
+
+def _decoded(codec: JsonCodec, data: bytes) -> Any:
+    try:
+        return ("ok", codec.decode(data))
+    except CodecError:
+        return ("error", None)
+
+
+def _decoded_slowly(codec: JsonCodec, data: bytes) -> Any:
+    # What decode() did before its fast paths: json.loads, then the type check.
+    try:
+        value = json.loads(data)
+    except (ValueError, TypeError):
+        return ("error", None)
+    if codec.type is float and isinstance(value, int):
+        value = float(value)
+    try:
+        check_type(value, codec.type)
+    except TypeError:
+        return ("error", None)
+    return ("ok", value)
+
+
+@given(
+    st.sampled_from([None, str, int, float, bool]),
+    st.one_of(
+        st.text().map(lambda t: json.dumps(t, ensure_ascii=False).encode()),
+        st.integers().map(lambda i: str(i).encode()),
+        st.binary(max_size=12),
+        st.from_regex(rb'\A"[^"\\]{0,6}"\Z'),
+        st.from_regex(rb"\A-?[0-9]{1,4}\Z"),
+    ),
+)
+def test_json_decode_fast_paths_agree_with_json_loads(type_: type | None, data: bytes) -> None:
+    codec = JsonCodec(type_)
+    got, want = _decoded(codec, data), _decoded_slowly(codec, data)
+    assert got == want, data
+    assert type(got[1]) is type(want[1]), data

@@ -55,6 +55,10 @@ current_event: ContextVar[Event | None] = ContextVar("trio_tables_current_event"
 # How many records of one partition a stream yields before it looks at the next
 # partition: fairness between partitions at low cost per event.
 _BURST = 256
+# How many events a stream hands out from its buffers between two calls to the
+# manager's _between_events: a checkpoint (a loop over a full buffer would otherwise
+# never let another task run) or a wait for a commit cycle that fell behind.
+_CHECKPOINT_EVERY = 1024
 
 
 class Stream:
@@ -85,6 +89,7 @@ class Stream:
         self._ready: set[int] = set()
         self._order: deque[int] = deque()
         self._burst = 0
+        self._since_checkpoint = 0
         self._changed = trio.Event()
         self._current: Event | None = None
         # Created only when a commit waits for the event in process (not per event).
@@ -206,6 +211,11 @@ class Stream:
 
     async def __anext__(self) -> Event:
         self._finish_current()
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            # Before a record is taken: a cancellation delivered here loses nothing.
+            self._since_checkpoint = 0
+            await self._manager._between_events()
         while True:
             if self.closed:
                 raise StopAsyncIteration

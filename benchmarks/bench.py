@@ -151,11 +151,13 @@ class Runner:
     async def run(self) -> None:
         args = self.args
         n = args.records
-        topic = f"bench-words-{uuid.uuid4().hex[:8]}"
-        console.print(f"filling {topic}: {n:,} records, {args.partitions} partitions")
-        base = await prefill(self.bootstrap, topic, args.partitions, workload.keys(n))
         uid = uuid.uuid4().hex[:6]
         suites = args.only or list(SUITES)
+        topic = f"bench-words-{uuid.uuid4().hex[:8]}"
+        base = 0
+        if args.peers or set(suites) - {"big"}:
+            console.print(f"filling {topic}: {n:,} records, {args.partitions} partitions")
+            base = await prefill(self.bootstrap, topic, args.partitions, workload.keys(n))
 
         if "baseline" in suites:
             changelog = f"bench-raw-{uid}-counts-changelog"

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -107,14 +108,10 @@ class Runner:
             row["error"] = f"timed out after {self.args.timeout:.0f} s"
         else:
             log.write_bytes(proc.stdout + b"\n--- stderr ---\n" + proc.stderr)
-            lines = [
-                line[len("RESULT ") :]
-                for line in proc.stdout.decode(errors="replace").splitlines()
-                if line.startswith("RESULT ")
-            ]
-            if lines:
-                row.update(json.loads(lines[-1]))
-            if proc.returncode != 0 or not lines:
+            result = last_result(proc.stdout + b"\n" + proc.stderr)
+            if result is not None:
+                row.update(result)
+            if proc.returncode != 0 or result is None:
                 row.setdefault("error", f"exit status {proc.returncode}")
         row["wall_s"] = time.perf_counter() - started
         if "error" in row or row.get("correct") is False:
@@ -268,6 +265,13 @@ class Runner:
                     env=env,
                 )
                 normalise_peer(row)
+
+
+def last_result(output: bytes) -> dict[str, Any] | None:
+    """The last ``RESULT {json}`` in a phase's output (faust logs it, on stderr, after a
+    timestamp prefix; the others print it at the start of a stdout line)."""
+    found = re.findall(rb"RESULT (\{.*\})", output)
+    return json.loads(found[-1]) if found else None
 
 
 def normalise_peer(row: dict[str, Any]) -> None:

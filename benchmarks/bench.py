@@ -414,11 +414,14 @@ async def main(args: argparse.Namespace) -> int:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=1))  # noqa: ASYNC240 - once
-        console.print(f"results written to {args.json}; logs in {runner.logs}")
+        console.print(f"results written to {args.json}")
     if failed:
         console.print(f"[red]{len(failed)} run(s) failed or gave a wrong table[/red]")
+        console.print(f"logs and stores kept in {runner.work}")
         return 1
-    if not args.keep:
+    if args.keep:
+        console.print(f"logs and stores kept in {runner.work}")
+    else:
         shutil.rmtree(runner.work, ignore_errors=True)
     return 0
 

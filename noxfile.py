@@ -33,9 +33,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=None)
 def bench(session: nox.Session) -> None:
-    """Throughput benchmarks against the embedded broker (``-- --help`` for options)."""
+    """trio_tables vs the raw kafka-python loop on the peers' workload, on the embedded
+    broker; ``-- --peers`` adds faust-streaming and quixstreams (``-- --help``)."""
     session.install("-e", ".[broker]")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python=None)

@@ -9,7 +9,7 @@ applying its effect now would count it twice (SPEC.md section 5).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +27,7 @@ __all__ = [
     "decode_source",
     "decode_stream_time",
     "encode_source",
+    "uncommitted_filter",
 ]
 
 SOURCE_HEADER = "trio-tables-source"
@@ -77,6 +78,25 @@ def caused_by_uncommitted_event(record: Record, committed: Mapping[TP, int | Non
         return False
     position = committed[tp]
     return position is None or source.offset >= position
+
+
+def uncommitted_filter(committed: Mapping[TP, int | None]) -> Callable[[Record], bool]:
+    """:func:`caused_by_uncommitted_event` for many records against one ``committed``:
+    the same answer per record, without building objects per record (recovery replays
+    every record of a changelog through it)."""
+    limits = {f"{tp.topic}:{tp.partition}".encode(): offset for tp, offset in committed.items()}
+
+    def uncommitted(record: Record) -> bool:
+        for name, value in record.headers:
+            if name == SOURCE_HEADER:
+                where, _, offset = bytes(value).rpartition(b":")
+                if where not in limits:
+                    return False
+                position = limits[where]
+                return position is None or int(offset) >= position
+        return False
+
+    return uncommitted
 
 
 @attrs.frozen

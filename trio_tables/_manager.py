@@ -106,6 +106,9 @@ class TableManager:
     that a restarted worker fences its predecessor and aborts what it left open at once.
     """
 
+    # Events processed past a commit cycle in flight before streams wait for it.
+    max_commit_backlog = 50_000
+
     def __init__(
         self,
         app_id: str,
@@ -180,6 +183,8 @@ class TableManager:
         self._to_resume: set[TP] = set()
         self._recovery_event = trio.Event()
         self._failing = False
+        self._events_since_take = 0
+        self._cycle_done: trio.Event | None = None
 
         self.advertised_host = advertised_host
         self._assignor = TablesAssignor(standby_replicas=standby_replicas, host=advertised_host)
@@ -507,6 +512,19 @@ class TableManager:
 
     def _event_processed(self, tp: TP, offset: int) -> None:
         self._processed[tp] = offset + 1
+        self._events_since_take += 1
+
+    async def _between_events(self) -> None:
+        """Called by streams every few events: lets other tasks run, and holds the
+        stream while a commit cycle is sending and persisting and ``max_commit_backlog``
+        events were processed since it took its changes (bounds the memory that changes
+        waiting for the next cycle take when the changelog is slower than processing,
+        e.g. a new key per event). Cancellation: nothing is lost (no event is held)."""
+        done = self._cycle_done
+        if done is not None and self._events_since_take >= self.max_commit_backlog:
+            await done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _stream_has_room(self, topic: str, partition: int) -> None:
         self._to_resume.add(TP(topic, partition))
@@ -806,6 +824,21 @@ class TableManager:
                 if tp.partition in included and tp.partition not in busy
             }
             taken = [(table, table.take_changes(busy)[0]) for table in self.tables.values()]
+            self._events_since_take = 0
+        cycle_done = self._cycle_done = trio.Event()
+        try:
+            return await self._send_and_persist(taken, snapshot, busy)
+        finally:
+            self._cycle_done = None
+            cycle_done.set()
+
+    async def _send_and_persist(
+        self,
+        taken: list[tuple[Collection, list[Any]]],
+        snapshot: dict[TP, int],
+        busy: frozenset[int],
+    ) -> tuple[dict[TP, int], frozenset[int]]:
+        assert self._producer is not None
         records = [record for _, table_records in taken for record in table_records]
         deliveries = await self._producer.send_batch(records) if records else []
         await self._producer.flush()

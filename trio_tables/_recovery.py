@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 import attrs
 import trio
 
-from ._changelog import caused_by_uncommitted_event
+from ._changelog import uncommitted_filter
 from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._transport._base import TP, Record, RestoreConsumer, Transport
 
@@ -252,9 +252,10 @@ class _Tailer:
 
 def _confirmed_prefix(records: Iterable[Record], committed: Mapping[TP, int | None] | None) -> int:
     """How many leading ``records`` were caused by events the group has committed."""
+    uncommitted = None if committed is None else uncommitted_filter(committed)
     count = 0
     for record in records:
-        if committed is not None and caused_by_uncommitted_event(record, committed):
+        if uncommitted is not None and uncommitted(record):
             break
         count += 1
     return count

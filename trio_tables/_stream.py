@@ -55,6 +55,10 @@ current_event: ContextVar[Event | None] = ContextVar("trio_tables_current_event"
 # How many records of one partition a stream yields before it looks at the next
 # partition: fairness between partitions at low cost per event.
 _BURST = 256
+# How many events a stream hands out from its buffers between two calls to the
+# manager's _between_events: a checkpoint (a loop over a full buffer would otherwise
+# never let another task run) or a wait for a commit cycle that fell behind.
+_CHECKPOINT_EVERY = 1024
 
 
 class Stream:
@@ -85,9 +89,12 @@ class Stream:
         self._ready: set[int] = set()
         self._order: deque[int] = deque()
         self._burst = 0
+        self._since_checkpoint = 0
         self._changed = trio.Event()
         self._current: Event | None = None
-        self._current_done = trio.Event()
+        # Created only when a commit waits for the event in process (not per event).
+        self._current_done: trio.Event | None = None
+        self._tps: dict[int, TP] = {}
         self.skipped = 0
         self.closed = False
 
@@ -131,6 +138,8 @@ class Stream:
     async def wait_idle(self) -> None:
         """Wait until no event of this stream is being processed."""
         while self._current is not None:
+            if self._current_done is None:
+                self._current_done = trio.Event()
             await self._current_done.wait()
 
     # -- iteration --------------------------------------------------------------------
@@ -139,9 +148,17 @@ class Stream:
         if event is not None:
             self._current = None
             current_event.set(None)
-            self._manager._event_processed(event.tp, event.offset)
-            self._current_done.set()
-            self._current_done = trio.Event()
+            tp = self._tps.get(event.partition)
+            if tp is None:
+                tp = self._tps[event.partition] = event.tp
+            self._manager._event_processed(tp, event.offset)
+            self._set_current_done()
+
+    def _set_current_done(self) -> None:
+        done = self._current_done
+        if done is not None:
+            self._current_done = None
+            done.set()
 
     def _next_record(self) -> Record | None:
         order = self._order
@@ -194,6 +211,11 @@ class Stream:
 
     async def __anext__(self) -> Event:
         self._finish_current()
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            # Before a record is taken: a cancellation delivered here loses nothing.
+            self._since_checkpoint = 0
+            await self._manager._between_events()
         while True:
             if self.closed:
                 raise StopAsyncIteration
@@ -235,6 +257,6 @@ class Stream:
         if self._current is not None:
             self._current = None
             current_event.set(None)
-            self._current_done.set()
+            self._set_current_done()
         self.closed = True
         self._changed.set()

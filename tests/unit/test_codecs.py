@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -12,6 +13,8 @@ from trio_tables._codecs import (
     JsonCodec,
     PickleCodec,
     RawCodec,
+    check_encodable,
+    check_type,
     resolve_codec,
 )
 
@@ -92,3 +95,68 @@ def test_resolve_codec_defaults_and_names() -> None:
     assert resolve_codec(custom, None, default="raw") is custom
     with pytest.raises(ValueError, match="unknown serializer 'yaml'"):
         resolve_codec("yaml", None, default="json")
+
+
+def _verdict(action: Any) -> str:
+    try:
+        action()
+    except TypeError:
+        return "TypeError"
+    return "ok"
+
+
+@given(
+    st.sampled_from([None, str, int, float, bool, bytes, dict, list]),
+    json_values | st.floats() | st.binary() | st.sets(st.integers(), max_size=3),
+)
+def test_check_encodable_agrees_with_encode(type_: type | None, value: Any) -> None:
+    # The write-time check skips encoding for JSON scalars: same verdict as encode().
+    for codec in (JsonCodec(type_), RawCodec(type_), PickleCodec()):
+        assert _verdict(lambda c=codec: check_encodable(c, value)) == _verdict(
+            lambda c=codec: c.encode(value)
+        ), (codec, value)
+
+
+def test_check_encodable_rejects_bool_for_int_and_accepts_int_for_float() -> None:
+    with pytest.raises(TypeError, match="expected int, got bool"):
+        check_encodable(JsonCodec(int), True)
+    check_encodable(JsonCodec(float), 3)
+
+
+def _decoded(codec: JsonCodec, data: bytes) -> Any:
+    try:
+        return ("ok", codec.decode(data))
+    except CodecError:
+        return ("error", None)
+
+
+def _decoded_slowly(codec: JsonCodec, data: bytes) -> Any:
+    # What decode() did before its fast paths: json.loads, then the type check.
+    try:
+        value = json.loads(data)
+    except (ValueError, TypeError):
+        return ("error", None)
+    if codec.type is float and isinstance(value, int):
+        value = float(value)
+    try:
+        check_type(value, codec.type)
+    except TypeError:
+        return ("error", None)
+    return ("ok", value)
+
+
+@given(
+    st.sampled_from([None, str, int, float, bool]),
+    st.one_of(
+        st.text().map(lambda t: json.dumps(t, ensure_ascii=False).encode()),
+        st.integers().map(lambda i: str(i).encode()),
+        st.binary(max_size=12),
+        st.from_regex(rb'\A"[^"\\]{0,6}"\Z'),
+        st.from_regex(rb"\A-?[0-9]{1,4}\Z"),
+    ),
+)
+def test_json_decode_fast_paths_agree_with_json_loads(type_: type | None, data: bytes) -> None:
+    codec = JsonCodec(type_)
+    got, want = _decoded(codec, data), _decoded_slowly(codec, data)
+    assert got == want, data
+    assert type(got[1]) is type(want[1]), data

@@ -201,3 +201,54 @@ async def _enumerate(events: Any) -> Any:
     async for event in events:
         n += 1
         yield n, event
+
+
+async def test_streams_wait_for_a_commit_cycle_that_fell_behind() -> None:
+    # A commit cycle slower than processing (the changelog is the bottleneck when every
+    # event writes a new key) must not let changes pile up without bound: after
+    # max_commit_backlog events past the cycle's snapshot, streams wait for it.
+    url = _broker_url()
+    await _topic(url, "keys")
+    await _produce(url, "keys", [f"k{i}" for i in range(8000)])
+    in_cycle, release = trio.Event(), trio.Event()
+
+    class SlowChangelog(TableManager):
+        max_commit_backlog = 500
+
+        async def _send_and_persist(self, *args: Any) -> Any:
+            if not release.is_set():
+                in_cycle.set()
+                await release.wait()
+            return await super()._send_and_persist(*args)
+
+    seen = 0
+    held_at: list[int] = []
+    ten_seen = trio.Event()
+
+    async def commit_after_ten(manager: TableManager) -> None:
+        await ten_seen.wait()
+        await manager.commit()
+
+    async def release_once_everything_waits() -> None:
+        await in_cycle.wait()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        held_at.append(seen)
+        release.set()
+
+    async with SlowChangelog("slow", broker=url, commit_interval=3600) as manager:
+        counts = manager.Table("counts", default=int, key_type=str, value_type=int)
+        async with manager.stream("keys", key_type=str) as events, trio.open_nursery() as nursery:
+            nursery.start_soon(release_once_everything_waits)
+            nursery.start_soon(commit_after_ten, manager)
+            async for event in events:
+                counts[event.key] += 1
+                seen += 1
+                if seen == 10:
+                    ten_seen.set()
+                if seen == 8000:
+                    break
+            table = counts.as_dict()
+    assert len(held_at) == 1
+    # Held by the backlog bound (checked every 1024 events), not by running dry.
+    assert 500 <= held_at[0] <= 4096
+    assert table == {f"k{i}": 1 for i in range(8000)}

@@ -33,12 +33,12 @@ from .._changelog import (
     ChangelogBuffer,
     ChangelogWrite,
     SourceOffset,
-    caused_by_uncommitted_event,
     changelog_topic_name,
     decode_stream_time,
     to_records,
+    uncommitted_filter,
 )
-from .._codecs import Codec, resolve_codec
+from .._codecs import Codec, check_encodable, resolve_codec
 from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
@@ -326,9 +326,9 @@ class Collection:
     def _put(self, partition: int, key: Any, value: Any) -> None:
         """Record ``value`` (``None`` deletes) for ``key`` in ``partition``, caused by
         the current event (if any)."""
-        self.key_codec.encode(key)  # TypeError now, not at commit time
+        check_encodable(self.key_codec, key)  # TypeError now, not at commit time
         if value is not None:
-            self.value_codec.encode(value)
+            check_encodable(self.value_codec, value)
             value = _detached(value)
         event = current_event.get()
         source = None if event is None else SourceOffset(event.topic, event.partition, event.offset)
@@ -503,17 +503,23 @@ class Collection:
         applied = dict.fromkeys(tps, 0)
         while remaining:
             batch = await consumer.poll(timeout=0.2)
-            for tp, records in batch.items():
-                if tp in remaining and records:
+            for tp in list(remaining):
+                records = batch.get(tp)
+                if records:
                     applied[tp.partition] += await self._apply_restored(
                         tp.partition, records, request.committed, sources[tp.partition]
                     )
-            for tp in list(remaining):
-                position = await consumer.position(tp)
+                    # At least past the last record. The consumer's position (a thread
+                    # hop) is asked only after a poll without records for the partition:
+                    # offsets have gaps (transaction markers), so the end may be reached
+                    # without a record at end - 1.
+                    position = records[-1].offset + 1
+                else:
+                    position = await consumer.position(tp)
                 self.recovery_progress[tp.partition] = (position, end[tp])
-                self._notify_progress()
                 if position >= end[tp]:
                     del remaining[tp]
+            self._notify_progress()
             progress_log.update(
                 sum(
                     min(self.recovery_progress[tp.partition][0], end[tp]) - start
@@ -636,9 +642,10 @@ class Collection:
             return 0
         changes: dict[Any, Any] = {}
         decode_key, decode_value = self.key_codec.decode, self.value_codec.decode
+        uncommitted = None if committed is None else uncommitted_filter(committed)
         applied = 0
         for record in records:
-            if committed is not None and caused_by_uncommitted_event(record, committed):
+            if uncommitted is not None and uncommitted(record):
                 continue
             key = decode_key(record.key) if record.key is not None else None
             changes[key] = None if record.value is None else decode_value(record.value)

@@ -33,7 +33,7 @@ from ._base import (
     TopicDescription,
 )
 from ._kafka_assignor import KafkaAssignorAdapter
-from ._kafka_bridge import ClientOwner
+from ._kafka_bridge import ClientOwner, keep_finished_join
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
 from ._retry import RetryPolicy
@@ -259,6 +259,9 @@ class KafkaTransport:
             enable_auto_commit=False,
             isolation_level=isolation_level,
             max_partition_fetch_bytes=1,  # a fetch still returns one batch (KIP-74)
+            # Only the fetch response's high watermark is wanted: the broker must not
+            # hold the fetch of an empty partition for data (500 ms by default).
+            fetch_max_wait_ms=10,
             auto_offset_reset="earliest",
         )
         client = await self._connect(KafkaConsumer, config)
@@ -311,6 +314,7 @@ class KafkaTransport:
         )
         async with self._open_probe(isolation_level) as probe, trio.open_nursery() as nursery:
             client = await self._connect(KafkaConsumer, config)
+            keep_finished_join(client)
             consumer = KafkaGroupConsumer(
                 ClientOwner(f"Kafka group consumer {group_id}"),
                 client,

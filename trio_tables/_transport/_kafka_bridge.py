@@ -12,8 +12,9 @@ Rebalance listeners run on that loop; they hand work to Trio with
 ``TrioToken.run_sync_soon`` and wait on a kafka :class:`~kafka.future.Future` that Trio
 resolves. Resolving it from another thread needs the loop to be woken up, which is only
 reachable through private attributes: :func:`resolve_on_io_loop`,
-:func:`commit_on_io_loop` and the fetcher fix :func:`release_parked_records` are the only
-places that touch them (contract and integration tests pin the behaviour).
+:func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records` and the group
+join fix :func:`keep_finished_join` are the only places that touch them (contract and
+integration tests pin the behaviour).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ClientOwner",
     "commit_on_io_loop",
     "end_transaction",
+    "keep_finished_join",
     "release_parked_records",
     "resolve_on_io_loop",
 ]
@@ -138,3 +140,67 @@ def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
             f"{'commit' if commit else 'abort'} of the transaction got no answer within "
             f"{timeout:g}s (a broker may not answer a fenced producer at all)"
         )
+
+
+class _FinishedJoin(KafkaFuture):  # type: ignore[misc]
+    """The result of a join that completed while no ``poll`` waited for it, handed to the
+    next one: reports "not done" until that poll waits on it (so kafka-python does not
+    start another join instead), then is done with the join's result."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self._join_result = value
+
+    def _deliver(self) -> None:
+        if not self.is_done:
+            self.success(self._join_result)
+
+    def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        self._deliver()
+        return super().add_callback(f, *args, **kwargs)
+
+    def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        self._deliver()
+        return super().add_errback(f, *args, **kwargs)
+
+    def _add_cb_eb(self, cb: Any, eb: Any) -> Any:
+        self._deliver()
+        return super()._add_cb_eb(cb, eb)
+
+    def __await__(self) -> Any:
+        self._deliver()
+        return super().__await__()
+
+
+def keep_finished_join(consumer: Any) -> None:
+    """Work around a kafka-python 3 group-join bug; call once, on a new group consumer.
+
+    A ``poll`` whose timeout ends while a JoinGroup/SyncGroup round is in flight leaves
+    the round running (the next poll waits for it again). But if the round *finishes*
+    before the next poll gets to it, that poll sees a done task and sends a new
+    JoinGroup, dropping the assignment just received: one more join round (about 3 s on
+    Tansu, the group's initial rebalance delay on Kafka). It happened on about a third
+    of the benchmark's starts, since the broker holds a join for a whole number of poll
+    periods. Wrapped here, on the IO loop where the join runs: a successfully finished
+    round is handed to the next poll as if it were still running, which then completes
+    the join as usual (a failed one is left alone: the poll handles its error). Only
+    private attributes can do this: if they change, this does nothing.
+    """
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    join = getattr(coordinator, "join_group_async", None)
+    if join is None or not hasattr(coordinator, "_join_task"):
+        return
+
+    async def join_group_async(*args: Any, **kwargs: Any) -> Any:
+        task = coordinator._join_task
+        if (
+            isinstance(task, KafkaFuture)
+            and not isinstance(task, _FinishedJoin)
+            and task.is_done
+            and task.exception is None
+        ):
+            logger.debug("a join round finished between polls: this poll completes it")
+            coordinator._join_task = _FinishedJoin(task.value)
+        return await join(*args, **kwargs)
+
+    coordinator.join_group_async = join_group_async

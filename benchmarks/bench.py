@@ -1,0 +1,453 @@
+"""trio_tables against the raw kafka-python loop (and, with ``--peers``, faust-streaming
+and quixstreams) on the peers' workload, in one command: ``nox -s bench``.
+
+Starts the embedded broker (or uses ``--broker``), fills a source topic with the workload
+(``workload.py``: N Zipf-distributed word keys over 8 partitions, event time base + i ms)
+and runs every phase in a fresh process, strictly one after another:
+
+baseline        the raw kafka-python loop (``baseline.py``): process, then recover
+memory          trio_tables, memory store: process (changelog coalescing on), recover
+memory-raw-cl   trio_tables, coalescing off (one changelog record per update, like the
+                baseline): process, recover; its recovery is the like-for-like records/s
+sqlite          trio_tables, sqlite store: process, restart on the same files after the
+                clean stop (records replayed), recover into empty files
+window          tumbling 10 s windows (skipped until windowed tables exist)
+big             a 1,000,000-key table on sqlite (``--big-keys``): build, recover
+quix, faust     with ``--peers``: the peers' own scripts in venvs of their own
+
+Prints one table of all runs, then the ratios trio_tables / baseline (and / quixstreams)
+with the targets of the benchmark issue, and writes everything as JSON (``--json``).
+Every run checks its table against the expected counts: a wrong (or failed) run makes the
+benchmark fail (exit status 1). A missed target does not (it is reported as MISS).
+
+    python benchmarks/bench.py [--records N] [--big-keys M] [--only SUITE ...] [--peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+import workload
+from rich.console import Console
+from rich.table import Table
+
+from trio_tables._transport._base import OutgoingRecord
+from trio_tables._transport._kafka import open_kafka_transport
+from trio_tables.testing import open_embedded_broker
+
+HERE = Path(__file__).resolve().parent
+SUITES = ("baseline", "memory", "memory-raw-cl", "sqlite", "window", "big")
+PEER_SUITES = ("quix", "faust")
+KAFKA_SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+PEER_PACKAGES = {
+    "quix": ["quixstreams", "psutil"],
+    "faust": ["faust-streaming", "rocksdict", "kafka-python", "psutil"],
+}
+console = Console(width=max(Console().width, 150))
+
+
+async def prefill(bootstrap: str, topic: str, partitions: int, keys: Sequence[str]) -> int:
+    """Create ``topic`` and produce ``keys`` (value ``{"n":1}``, timestamps base + i ms);
+    the base timestamp."""
+    base = int(time.time() * 1000)
+    async with open_kafka_transport(bootstrap, **KAFKA_SETTINGS) as transport:
+        await transport.create_topic(topic, partitions)
+        async with transport.open_producer() as producer:
+            for i in range(0, len(keys), 5000):
+                await producer.send_batch(
+                    [
+                        OutgoingRecord(topic, workload.VALUE, key=k.encode(), timestamp=base + j)
+                        for j, k in enumerate(keys[i : i + 5000], start=i)
+                    ]
+                )
+            await producer.flush()
+    return base
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, bootstrap: str) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.results: list[dict[str, Any]] = []
+        self.work = Path(tempfile.mkdtemp(prefix="trio-tables-bench-"))
+        self.logs = self.work / "logs"
+        self.logs.mkdir()
+
+    async def phase(
+        self, suite: str, phase: str, argv: list[str], *, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run one phase as a process of its own; its ``RESULT`` line, annotated."""
+        label = f"{suite}/{phase}"
+        console.print(f"[dim]{time.strftime('%H:%M:%S')} {label} ...[/dim]")
+        log = self.logs / f"{suite}-{phase}.log"
+        started = time.perf_counter()
+        with trio.move_on_after(self.args.timeout) as scope:
+            proc = await trio.run_process(
+                argv,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={**os.environ, **(env or {})},
+                cwd=HERE,
+            )
+        row: dict[str, Any] = {"suite": suite, "phase": phase}
+        if scope.cancelled_caught:
+            row["error"] = f"timed out after {self.args.timeout:.0f} s"
+        else:
+            log.write_bytes(proc.stdout + b"\n--- stderr ---\n" + proc.stderr)
+            result = last_result(proc.stdout + b"\n" + proc.stderr)
+            if result is not None:
+                row.update(result)
+            if proc.returncode != 0 or result is None:
+                row.setdefault("error", f"exit status {proc.returncode}")
+        row["wall_s"] = time.perf_counter() - started
+        if "error" in row or row.get("correct") is False:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            console.print(f"[red]{label} FAILED: {row.get('error', 'wrong table')}[/red]\n{tail}")
+        self.results.append(row)
+        return row
+
+    def worker(self, *argv: str, records: int, topic: str, app: str, **opts: str) -> list[str]:
+        command = [
+            sys.executable,
+            str(HERE / "worker.py"),
+            *argv,
+            "--bootstrap",
+            self.bootstrap,
+            "--topic",
+            topic,
+            "--app",
+            app,
+            "--records",
+            str(records),
+            "--partitions",
+            str(self.args.partitions),
+            "--kafka-settings",
+            self.args.kafka_settings,
+        ]
+        for name, value in opts.items():
+            command += [f"--{name.replace('_', '-')}", value]
+        if self.args.profile:
+            profile = Path(self.args.profile) / f"{app}-{'-'.join(argv)}.prof"
+            command += ["--profile", str(profile)]
+        return command
+
+    async def run(self) -> None:
+        args = self.args
+        n = args.records
+        uid = uuid.uuid4().hex[:6]
+        suites = args.only or list(SUITES)
+        topic = f"bench-words-{uuid.uuid4().hex[:8]}"
+        base = 0
+        if args.peers or set(suites) - {"big"}:
+            console.print(f"filling {topic}: {n:,} records, {args.partitions} partitions")
+            base = await prefill(self.bootstrap, topic, args.partitions, workload.keys(n))
+
+        if "baseline" in suites:
+            changelog = f"bench-raw-{uid}-counts-changelog"
+            for mode in ("process", "recover"):
+                await self.phase(
+                    "baseline",
+                    mode,
+                    [
+                        sys.executable,
+                        str(HERE / "baseline.py"),
+                        mode,
+                        "--bootstrap",
+                        self.bootstrap,
+                        "--topic",
+                        topic,
+                        "--changelog",
+                        changelog,
+                        "--records",
+                        str(n),
+                        "--partitions",
+                        str(args.partitions),
+                    ],
+                )
+        for suite, coalesce in (("memory", "on"), ("memory-raw-cl", "off")):
+            if suite in suites:
+                app = f"bench-{suite}-{uid}"
+                for mode in ("process", "recover"):
+                    argv = self.worker(
+                        "count", mode, records=n, topic=topic, app=app, coalesce=coalesce
+                    )
+                    await self.phase(suite, mode, argv)
+        if "sqlite" in suites:
+            app = f"bench-sqlite-{uid}"
+            kept, fresh = self.work / "sqlite-a", self.work / "sqlite-b"
+            for phase, mode, directory in (
+                ("process", "process", kept),
+                ("restart", "recover", kept),
+                ("recover", "recover", fresh),
+            ):
+                argv = self.worker(
+                    "count", mode, records=n, topic=topic, app=app, store=f"sqlite://{directory}"
+                )
+                await self.phase("sqlite", phase, argv)
+        if "window" in suites:
+            argv = self.worker(
+                "window",
+                "process",
+                records=n,
+                topic=topic,
+                app=f"bench-window-{uid}",
+                base_ts_ms=str(base),
+            )
+            await self.phase("window", "process", argv)
+        if "big" in suites and args.big_keys:
+            big_topic = f"bench-keys-{uuid.uuid4().hex[:8]}"
+            console.print(f"filling {big_topic}: {args.big_keys:,} distinct keys")
+            await prefill(
+                self.bootstrap,
+                big_topic,
+                args.partitions,
+                [workload.big_key(i) for i in range(args.big_keys)],
+            )
+            app = f"bench-big-{uid}"
+            for phase, directory in (("process", "big-a"), ("recover", "big-b")):
+                argv = self.worker(
+                    "big",
+                    phase,
+                    records=args.big_keys,
+                    topic=big_topic,
+                    app=app,
+                    store=f"sqlite://{self.work / directory}",
+                )
+                await self.phase("big", phase, argv)
+        if args.peers:
+            await self.run_peers(topic, base, uid)
+
+    async def run_peers(self, topic: str, base: int, uid: str) -> None:
+        """quixstreams and faust-streaming with the peer study's own scripts, each in a
+        venv of its own (built once), on the same broker and source topic."""
+        args = self.args
+        peers_dir = Path(args.peers_dir)
+        state = self.work / "peer-state"
+        state.mkdir(exist_ok=True)
+        # The peers' scripts read the base timestamp of the topic from here.
+        (state / f"{topic}.json").write_text(json.dumps({"topic": topic, "base_ts_ms": base}))
+        env = {
+            "BENCH_BOOTSTRAP": self.bootstrap,
+            "BENCH_STATE": str(state),
+            "BENCH_N": str(args.records),
+            "BENCH_PARTITIONS": str(args.partitions),
+        }
+        for peer in PEER_SUITES:
+            python = peers_dir / peer / "bin" / "python"
+            if not python.exists():
+                console.print(f"building the {peer} venv in {python.parent.parent} (once)")
+                await trio.run_process([sys.executable, "-m", "venv", str(python.parent.parent)])
+                await trio.run_process(
+                    [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[peer]]
+                )
+            script = str(HERE / "peers" / f"{peer}_bench.py")
+            extra = ["--store", "memory"] if peer == "faust" else []
+            run = f"{peer[0]}{uid}"
+            for mode in ("process", "recover"):
+                row = await self.phase(
+                    peer,
+                    mode,
+                    [str(python), script, mode, "--run", run, "--topic", topic, *extra],
+                    env=env,
+                )
+                normalise_peer(row)
+
+
+def last_result(output: bytes) -> dict[str, Any] | None:
+    """The last ``RESULT {json}`` in a phase's output (faust logs it, on stderr, after a
+    timestamp prefix; the others print it at the start of a stdout line)."""
+    found = re.findall(rb"RESULT (\{.*\})", output)
+    return json.loads(found[-1]) if found else None
+
+
+def normalise_peer(row: dict[str, Any]) -> None:
+    """Map the peer scripts' result names onto ours."""
+    if row["phase"] == "process":
+        row["events_per_s"] = row.get("eps")
+        row["startup_s"] = row.get("startup_to_first_event_s")
+    else:
+        row["records_per_s"] = row.get("eps")
+        row["replayed"] = row.get("changelog_records_replayed", row.get("changelog_records"))
+        row["startup_s"] = row.get("recover_s_from_process_start")
+
+
+def find(results: list[dict[str, Any]], suite: str, phase: str) -> dict[str, Any]:
+    for row in results:
+        if row["suite"] == suite and row["phase"] == phase and "error" not in row:
+            return row
+    return {}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each as measured in this run (``ok`` None: not measured)."""
+    get = lambda s, p, k: find(results, s, p).get(k)  # noqa: E731
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, target: float, higher: bool = True) -> None:
+        ok = None if value is None else (value >= target if higher else value <= target)
+        checks.append({"target": name, "value": value, "limit": target, "ok": ok})
+
+    raw_eps = get("baseline", "process", "events_per_s")
+    quix_eps = get("quix", "process", "events_per_s")
+    for suite in ("memory", "sqlite"):
+        eps = get(suite, "process", "events_per_s")
+        check(f"{suite}: events/s / baseline >= 1.5", ratio(eps, raw_eps), 1.5)
+        if quix_eps is not None:
+            check(f"{suite}: events/s / quixstreams >= 1.0", ratio(eps, quix_eps), 1.0)
+    for suite in ("memory", "memory-raw-cl", "sqlite"):
+        check(f"{suite}: start -> 1st event s <= 3", get(suite, "process", "startup_s"), 3.0, False)
+    check(
+        "recovery records/s / baseline >= 0.8 (coalescing off: same changelog volume)",
+        ratio(
+            get("memory-raw-cl", "recover", "records_per_s"),
+            get("baseline", "recover", "records_per_s"),
+        ),
+        0.8,
+    )
+    replayed = get("sqlite", "restart", "replayed")
+    records = get("sqlite", "process", "changelog_records")
+    check(
+        "sqlite restart replays <= 1% of the changelog",
+        None if replayed is None or not records else replayed / records,
+        0.01,
+        False,
+    )
+    for suite in ("memory", "sqlite"):
+        for phase in ("process", "recover"):
+            check(
+                f"{suite} {phase}: peak RSS MB <= 190", get(suite, phase, "peak_rss_mb"), 190, False
+            )
+    for phase in ("process", "recover"):
+        check(
+            f"1M-key sqlite {phase}: peak RSS MB <= 300",
+            get("big", phase, "peak_rss_mb"),
+            300,
+            False,
+        )
+    return checks
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for column in (
+        "suite",
+        "phase",
+        "events/s",
+        "start->1st event s",
+        "recovery s",
+        "replayed",
+        "replayed/s",
+        "changelog",
+        "peak RSS MB",
+        "correct",
+    ):
+        table.add_column(column, justify="left" if column in ("suite", "phase") else "right")
+    for row in results:
+        correct = row.get("correct")
+        table.add_row(
+            row["suite"],
+            row["phase"],
+            fmt(row.get("events_per_s"), ",.0f"),
+            fmt(row.get("startup_s"), ".2f"),
+            fmt(row.get("recover_s"), ".2f"),
+            fmt(row.get("replayed"), ","),
+            fmt(row.get("records_per_s"), ",.0f"),
+            fmt(row.get("changelog_records"), ","),
+            fmt(row.get("peak_rss_mb"), ".0f"),
+            (row.get("skipped") and "skipped")
+            or row.get("error")
+            or ("yes" if correct else "[red]NO[/red]" if correct is False else "-"),
+        )
+    console.print(table)
+    ratios = Table(title="targets (ratios measured in this run)")
+    for column in ("target", "measured", "result"):
+        ratios.add_column(column, justify="left" if column == "target" else "right")
+    for c in checks:
+        result = {True: "[green]ok[/green]", False: "[red]MISS[/red]", None: "-"}[c["ok"]]
+        ratios.add_row(c["target"], fmt(c["value"], ".3g"), result)
+    console.print(ratios)
+
+
+async def main(args: argparse.Namespace) -> int:
+    started = time.time()
+    if args.broker:
+        runner = Runner(args, args.broker.removeprefix("kafka://"))
+        await runner.run()
+    else:
+        async with open_embedded_broker() as broker:
+            runner = Runner(args, broker.bootstrap)
+            await runner.run()
+    results = runner.results
+    checks = evaluate(results)
+    title = f"word count, {args.records:,} events, {args.partitions} partitions"
+    report(results, checks, title)
+    failed = [r for r in results if "error" in r or r.get("correct") is False]
+    document = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "args": vars(args),
+        "runs": results,
+        "targets": checks,
+        "ok": not failed,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=1))  # noqa: ASYNC240 - once
+        console.print(f"results written to {args.json}")
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) failed or gave a wrong table[/red]")
+        console.print(f"logs and stores kept in {runner.work}")
+        return 1
+    if args.keep:
+        console.print(f"logs and stores kept in {runner.work}")
+    else:
+        shutil.rmtree(runner.work, ignore_errors=True)
+    return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--big-keys", type=int, default=1_000_000, help="0 skips the 1M-key run")
+    parser.add_argument("--only", nargs="+", choices=SUITES, help="run only these suites")
+    parser.add_argument("--peers", action="store_true", help="also run quixstreams and faust")
+    parser.add_argument(
+        "--peers-dir",
+        default=str(Path(tempfile.gettempdir()) / "peers"),
+        help="where the peers' venvs are (built there if missing)",
+    )
+    parser.add_argument("--broker", default=None, help="kafka://host:port (default: embedded)")
+    parser.add_argument("--json", default="bench-results.json", help="write the results here")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per phase")
+    parser.add_argument("--profile", default=None, help="directory for cProfile dumps")
+    parser.add_argument("--keep", action="store_true", help="keep stores and logs")
+    parser.add_argument(
+        "--kafka-settings", default="{}", help="JSON of more KafkaSettings for trio_tables"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(trio.run(main, parse()))

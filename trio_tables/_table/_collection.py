@@ -66,6 +66,10 @@ __all__ = ["TOMBSTONE", "Collection", "RecoveryRequest", "RestoreReport", "Stand
 
 logger = logging.getLogger("trio_tables.table")
 
+# Most values a table keeps cached from a persistent store (see Collection._lookup).
+READ_CACHE_LIMIT = 100_000
+_NOT_CACHED: Any = object()
+
 # Extra changelog retention of windowed tables past a window's expiry (as Kafka
 # Streams' windowstore.changelog.additional.retention.ms).
 _RETENTION_MARGIN = 24 * 3600 * 1000
@@ -195,6 +199,8 @@ class Collection:
         self.replayed = 0  # changelog records applied by recovery, since start
         self.standby_applied = 0  # changelog records applied by tailing, since start
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
+        # partition -> key -> value the (persistent) store holds, MISSING if none.
+        self._read_cache: dict[int, dict[Any, Any]] = {}
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
 
@@ -294,7 +300,26 @@ class Collection:
         layer = self._persisting.get(partition)
         if layer is not None and key in layer:
             return layer[key]
-        return self.data.get(partition, key)
+        cache = self._read_cache.get(partition)
+        if cache is not None:
+            value = cache.get(key, _NOT_CACHED)
+            if value is not _NOT_CACHED:
+                return value
+        value = self.data.get(partition, key)
+        if self.data.persistent:
+            self._cache_values(partition, {key: value})
+        return value
+
+    def _cache_values(self, partition: int, values: Mapping[Any, Any]) -> None:
+        """Remember what the store holds for these keys (``MISSING``: absent), so that a
+        persistent store is read at most once per key while it keeps its value. Bounded:
+        a partition's cache is dropped when the table's caches grow past the limit."""
+        cache = self._read_cache.get(partition)
+        if cache is None:
+            cache = self._read_cache[partition] = {}
+        if sum(len(c) for c in self._read_cache.values()) + len(values) > READ_CACHE_LIMIT:
+            cache.clear()
+        cache.update(values)
 
     def _read(self, key: Any) -> Any:
         """The raw value of ``key`` (or MISSING/TOMBSTONE) where the context says, or in
@@ -409,6 +434,11 @@ class Collection:
                 source_offsets=sources,
                 meta=self._window_meta(partition),
             )
+            if self.data.persistent and changes:
+                # Before the persisting layer goes: a read never misses both.
+                self._cache_values(
+                    partition, {k: (MISSING if v is TOMBSTONE else v) for k, v in changes.items()}
+                )
             if offset is not None:
                 self.local_offsets[partition] = offset
         self._persisting.clear()
@@ -444,6 +474,8 @@ class Collection:
 
     def deactivate(self, partitions: frozenset[int]) -> None:
         self._active -= partitions
+        for partition in partitions:
+            self._read_cache.pop(partition, None)
         if self._windowing is not None:
             for partition in partitions:
                 self._windowing.forget(partition)
@@ -462,6 +494,7 @@ class Collection:
         for partition in self.data.partitions():
             self.data.reset_partition(partition)
         self.local_offsets.clear()
+        self._read_cache.clear()
         if self._windowing is not None:
             self._windowing.index.clear()
             self._windowing.stream_time.clear()
@@ -612,6 +645,7 @@ class Collection:
     def _reset_partition(self, partition: int) -> None:
         self.data.reset_partition(partition)
         self.local_offsets.pop(partition, None)
+        self._read_cache.pop(partition, None)
         if self._windowing is not None:
             self._windowing.forget(partition)
 
@@ -664,6 +698,10 @@ class Collection:
             changes,
             records[-1].offset,
         )
+        cache = self._read_cache.get(partition)
+        if cache is not None:
+            for key, value in changes.items():
+                cache[key] = MISSING if value is None else value
         self.local_offsets[partition] = records[-1].offset
         return applied
 

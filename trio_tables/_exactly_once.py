@@ -177,11 +177,7 @@ class Transactions:
             snapshot = {
                 tp: offset for tp, offset in manager._processed.items() if tp.partition in included
             }
-            offsets = {
-                tp: offset
-                for tp, offset in snapshot.items()
-                if tp in manager._supervisor.assigned and offset > manager._committed.get(tp, -1)
-            }
+            offsets = manager._offsets_to_commit(snapshot, manager._supervisor.assigned)
             taken = [(table, table.take_changes()[0]) for table in manager.tables.values()]
             records = [record for _, table_records in taken for record in table_records]
             deliveries: list[Delivery] = []

@@ -682,13 +682,18 @@ class TableManager:
             finally:
                 done.set()
 
-    async def _commit_filtered(self, consumer: GroupConsumer, offsets: Mapping[TP, int]) -> None:
-        assigned = consumer.assignment()
-        wanted = {
+    def _offsets_to_commit(
+        self, offsets: Mapping[TP, int], assigned: frozenset[TP] | set[TP]
+    ) -> dict[TP, int]:
+        """The ``offsets`` of partitions still assigned that move past the last commit."""
+        return {
             tp: offset
             for tp, offset in offsets.items()
             if tp in assigned and offset > self._committed.get(tp, -1)
         }
+
+    async def _commit_filtered(self, consumer: GroupConsumer, offsets: Mapping[TP, int]) -> None:
+        wanted = self._offsets_to_commit(offsets, consumer.assignment())
         if not wanted:
             return
         try:
@@ -891,11 +896,7 @@ class TableManager:
                 # are dropped and the new owner processes the event again.
                 for table in self.tables.values():
                     table.discard_uncommitted(busy & partitions)
-                offsets = {
-                    tp: offset
-                    for tp, offset in snapshot.items()
-                    if tp in self._supervisor.assigned and offset > self._committed.get(tp, -1)
-                }
+                offsets = self._offsets_to_commit(snapshot, self._supervisor.assigned)
                 self._committed.update(offsets)
                 if self._transactions is not None:
                     offsets = None  # committed with the transaction (on_commit was called)

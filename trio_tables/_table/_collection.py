@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
@@ -67,7 +67,7 @@ __all__ = ["TOMBSTONE", "Collection", "RecoveryRequest", "RestoreReport", "Stand
 logger = logging.getLogger("trio_tables.table")
 
 # Most values a table keeps cached from a persistent store (see Collection._lookup).
-READ_CACHE_LIMIT = 100_000
+READ_CACHE_LIMIT = 50_000  # per partition
 _NOT_CACHED: Any = object()
 
 # Extra changelog retention of windowed tables past a window's expiry (as Kafka
@@ -307,17 +307,17 @@ class Collection:
                 return value
         value = self.data.get(partition, key)
         if self.data.persistent:
-            self._cache_values(partition, {key: value})
+            self._cache_values(partition, ((key, value),))
         return value
 
-    def _cache_values(self, partition: int, values: Mapping[Any, Any]) -> None:
+    def _cache_values(self, partition: int, values: Iterable[tuple[Any, Any]]) -> None:
         """Remember what the store holds for these keys (``MISSING``: absent), so that a
         persistent store is read at most once per key while it keeps its value. Bounded:
-        a partition's cache is dropped when the table's caches grow past the limit."""
+        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values."""
         cache = self._read_cache.get(partition)
         if cache is None:
             cache = self._read_cache[partition] = {}
-        if sum(len(c) for c in self._read_cache.values()) + len(values) > READ_CACHE_LIMIT:
+        elif len(cache) >= READ_CACHE_LIMIT:
             cache.clear()
         cache.update(values)
 
@@ -367,9 +367,7 @@ class Collection:
             stream_time = self._windowing.stream_time.get(partition)
         buffer = self._buffers.get(partition)
         if buffer is None:
-            buffer = self._buffers[partition] = ChangelogBuffer(
-                coalesce=self.manager.coalesce_changelog
-            )
+            buffer = self._new_buffer(partition)
         buffer.add(key, ChangelogWrite(value, source, stream_time))
 
     def send_changelog(
@@ -378,10 +376,14 @@ class Collection:
         """Queue a changelog record for ``key`` in ``partition`` (sent at the next commit)."""
         buffer = self._buffers.get(partition)
         if buffer is None:
-            buffer = self._buffers[partition] = ChangelogBuffer(
-                coalesce=self.manager.coalesce_changelog
-            )
+            buffer = self._new_buffer(partition)
         buffer.add(key, ChangelogWrite(value, source))
+
+    def _new_buffer(self, partition: int) -> ChangelogBuffer:
+        buffer = self._buffers[partition] = ChangelogBuffer(
+            coalesce=self.manager.coalesce_changelog
+        )
+        return buffer
 
     # -- commit cycle (called by the manager) ---------------------------------------------
     def take_changes(
@@ -437,7 +439,7 @@ class Collection:
             if self.data.persistent and changes:
                 # Before the persisting layer goes: a read never misses both.
                 self._cache_values(
-                    partition, {k: (MISSING if v is TOMBSTONE else v) for k, v in changes.items()}
+                    partition, ((k, MISSING if v is TOMBSTONE else v) for k, v in changes.items())
                 )
             if offset is not None:
                 self.local_offsets[partition] = offset

@@ -10,6 +10,7 @@ import attrs
 
 from .._manager import TableManager
 from .._table import RecoveryRequest, Table
+from .._table._windowed import WindowedKeyCodec
 from .._transport._base import TP, Transport
 from ._bars import RecoveryBars
 from ._common import CHANGELOG_SUFFIX, UnknownApp, UnknownTable
@@ -55,6 +56,20 @@ def _hashable(value: Any) -> Any:
 
 
 @attrs.frozen
+class _HashableJson:
+    """JSON with lists as tuples (decode only: used inside :class:`AnyCodec`)."""
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return _hashable(json.loads(data))
+
+
+_HASHABLE_JSON = _HashableJson()
+
+
+@attrs.frozen
 class AnyCodec:
     """Decodes what an app may have written: JSON (lists become tuples, so they stay
     usable as keys), a windowed table's ``(key, window start)``, else UTF-8 text, else
@@ -65,19 +80,16 @@ class AnyCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return _hashable(json.loads(data))
+            return _HASHABLE_JSON.decode(data)
         except ValueError:
             pass
-        if len(data) > 8:
-            # A windowed table's key: the key's JSON, then the window start as 8
-            # big-endian bytes (never valid JSON as a whole: the start's first byte is a
-            # control character for any timestamp before the year 4 million).
-            try:
-                key = _hashable(json.loads(data[:-8]))
-            except ValueError:
-                pass
-            else:
-                return (key, int.from_bytes(data[-8:], "big", signed=True))
+        try:
+            # A windowed table's key: the key's JSON, then the window start (never valid
+            # JSON as a whole: the start's first byte is a control character for any
+            # timestamp before the year 4 million).
+            return WindowedKeyCodec(_HASHABLE_JSON).decode(data)
+        except ValueError:
+            pass
         try:
             return bytes(data).decode()
         except UnicodeDecodeError:

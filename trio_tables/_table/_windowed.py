@@ -482,7 +482,7 @@ class WindowSet:
     def current(self, event: Event | None = None) -> Any:
         """Same as :meth:`value`: the newest window holding the timestamp of ``event``
         (default: the current event, as the wrapper's relativity says)."""
-        return self._value_or_default(*self._get(None, event))
+        return self.value(event)
 
     def now(self) -> Any:
         """The value in the newest window holding *wall-clock* now, always (also inside

@@ -106,11 +106,18 @@ class ConfluentRestoreConsumer:
     """
 
     def __init__(
-        self, owner: ClientOwner, consumer: Any, probe: HighWatermarkProbe, *, timeout: float
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        timeout: float,
+        max_poll_records: int,
     ) -> None:
         from confluent_kafka import TopicPartition
 
         self._owner = owner
+        self._max_poll_records = max(max_poll_records, 1)
         self._consumer = consumer
         self._probe = probe
         self._timeout = timeout
@@ -229,7 +236,7 @@ class ConfluentRestoreConsumer:
         box: list[Batch] = []
 
         def work() -> None:
-            box.append(self._fetch(timeout, max_records or 10_000))
+            box.append(self._fetch(timeout, max_records or self._max_poll_records))
 
         try:
             await self._owner.run(work)

@@ -379,7 +379,9 @@ class KafkaTransport:
         self, *, isolation_level: IsolationLevel, max_poll_records: int
     ) -> AsyncIterator[RestoreConsumer]:
         if self.settings.restore_client == "confluent-kafka":
-            async with self._open_confluent_restore_consumer(isolation_level) as fast:
+            async with self._open_confluent_restore_consumer(
+                isolation_level, max_poll_records
+            ) as fast:
                 yield fast
             return
         config = self.settings.for_client(
@@ -404,7 +406,7 @@ class KafkaTransport:
 
     @asynccontextmanager
     async def _open_confluent_restore_consumer(
-        self, isolation_level: IsolationLevel
+        self, isolation_level: IsolationLevel, max_poll_records: int
     ) -> AsyncIterator[RestoreConsumer]:
         config = confluent_consumer_config(
             self.settings, isolation_level=isolation_level, extra=self.settings.confluent_config
@@ -417,6 +419,7 @@ class KafkaTransport:
                 client,
                 probe,
                 timeout=self.settings.connect_timeout,
+                max_poll_records=max_poll_records,
             )
             try:
                 yield consumer

@@ -157,25 +157,31 @@ class ConfluentRestoreConsumer:
         return self._convert(messages)
 
     def _convert(self, messages: Sequence[Any]) -> Batch:
+        # Runs for every replayed record: what depends only on the partition is decided
+        # once per run of records of one partition (librdkafka delivers such runs).
         out: Batch = {}
         positions = self._positions
-        paused = self._paused
-        current: TP | None = None
-        records: list[Record] = []
+        topic = ""
+        partition = -1
+        floor: int | None = None
+        append: Any = None
         for message in messages:
             error = message.error()
             if error is not None:
                 self._raise_or_log(error, message.topic())
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if current is None or current.partition != partition or current.topic != topic:
-                current = TP(topic, partition)
-                records = out.setdefault(current, [])
-            if current in paused or current not in positions or offset < positions[current]:
-                # Queued before a pause or a seek: fetched again from the position.
+            if message.partition() != partition or message.topic() != topic:
+                topic, partition = message.topic(), message.partition()
+                tp = TP(topic, partition)
+                # Queued before a pause or a seek (or no longer assigned): dropped, and
+                # fetched again from the position.
+                floor = None if tp in self._paused else positions.get(tp)
+                append = out.setdefault(tp, []).append
+            offset = message.offset()
+            if floor is None or offset < floor:
                 continue
             headers = message.headers()
-            records.append(
+            append(
                 Record(
                     topic,
                     partition,

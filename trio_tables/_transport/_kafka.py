@@ -32,15 +32,12 @@ from ._base import (
     RestoreConsumer,
     TopicDescription,
 )
-from ._confluent_restore import (
-    ConfluentRestoreConsumer,
-    confluent_consumer_config,
-    new_confluent_consumer,
-)
+from ._confluent_restore import ConfluentRestoreConsumer
 from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner, keep_finished_join
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
+from ._librdkafka import LibrdkafkaFetcher, librdkafka_config, new_librdkafka_consumer
 from ._retry import RetryPolicy
 
 __all__ = ["KafkaSettings", "KafkaTransport", "open_kafka_transport"]
@@ -408,23 +405,26 @@ class KafkaTransport:
     async def _open_confluent_restore_consumer(
         self, isolation_level: IsolationLevel, max_poll_records: int
     ) -> AsyncIterator[RestoreConsumer]:
-        config = confluent_consumer_config(
-            self.settings, isolation_level=isolation_level, extra=self.settings.confluent_config
-        )
         async with self._open_probe(isolation_level) as probe:
-            # librdkafka connects lazily: an unreachable broker shows up in the first call.
-            client = await trio.to_thread.run_sync(new_confluent_consumer, config)
+            fetcher = await self._librdkafka_fetcher(isolation_level)
             consumer = ConfluentRestoreConsumer(
                 ClientOwner("librdkafka restore consumer"),
-                client,
+                fetcher,
                 probe,
-                timeout=self.settings.connect_timeout,
                 max_poll_records=max_poll_records,
             )
             try:
                 yield consumer
             finally:
                 await consumer.close()
+
+    async def _librdkafka_fetcher(self, isolation_level: IsolationLevel) -> LibrdkafkaFetcher:
+        config = librdkafka_config(
+            self.settings, isolation_level=isolation_level, extra=self.settings.confluent_config
+        )
+        # librdkafka connects lazily: an unreachable broker shows up in the first call.
+        client = await trio.to_thread.run_sync(new_librdkafka_consumer, config)
+        return LibrdkafkaFetcher(client, timeout=self.settings.connect_timeout)
 
     def open_restore_consumer(
         self,

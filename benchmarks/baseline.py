@@ -55,11 +55,13 @@ def process(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
     source.assign(tps)
     source.seek_to_beginning(*tps)
     table: dict[str, int] = {}
-    n, first = 0, 0.0
+    n, first, first_cpu = 0, 0.0, 0.0
     while n < args.records:
         for tp, records in source.poll(timeout_ms=1000).items():
             if not first and records:
                 first = time.perf_counter()
+            if not first_cpu:
+                first_cpu = time.process_time()
             for record in records:
                 key = record.key.decode()
                 value = table.get(key, 0) + 1
@@ -70,7 +72,7 @@ def process(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
                 n += 1
         if time.perf_counter() - T0 > args.timeout:
             break
-    last = time.perf_counter()
+    last, last_cpu = time.perf_counter(), time.process_time()
     producer.flush()
     flushed = time.perf_counter()
     producer.close()
@@ -79,6 +81,7 @@ def process(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
         "events": n,
         "startup_s": first - T0,
         "events_per_s": n / (last - first),
+        "cpu_us_per_event": (last_cpu - first_cpu) / max(n, 1) * 1e6,
         "events_per_s_incl_flush": n / (flushed - first),
         "changelog_records": n,
         "correct": table == expected,
@@ -93,7 +96,7 @@ def recover(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
     ends = restore.end_offsets(tps)
     table: dict[str, int] = {}
     n = 0
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     while not all(restore.position(tp) >= ends[tp] for tp in tps):
         for records in restore.poll(timeout_ms=1000).values():
             for record in records:
@@ -102,12 +105,14 @@ def recover(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
         if time.perf_counter() - T0 > args.timeout:
             break
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - started_cpu
     restore.close()
     return {
         "startup_s": started - T0,
         "recover_s": elapsed,
         "replayed": n,
         "records_per_s": n / elapsed,
+        "cpu_us_per_record": cpu / max(n, 1) * 1e6,
         "correct": table == expected,
     }
 

@@ -10,7 +10,7 @@ memory          trio_tables, memory store: process (changelog coalescing on), re
 memory-raw-cl   trio_tables, coalescing off (one changelog record per update, like the
                 baseline): process, recover; its recovery is the like-for-like records/s
                 (changelog replay on librdkafka, the default); recover-kafka-python: the
-                same with ``restore_client="kafka-python"``
+                same with ``fetch_client="kafka-python"``
 sqlite          trio_tables, sqlite store: process, restart on the same files after the
                 clean stop (records replayed), recover into empty files
 window          tumbling 10 s windows (skipped until windowed tables exist)
@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 SUITES = ("baseline", "memory", "memory-raw-cl", "sqlite", "window", "big")
 PEER_SUITES = ("quix", "faust")
 KAFKA_SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-KAFKA_PYTHON_RESTORE = {"restore_client": "kafka-python"}
+KAFKA_PYTHON_FETCH = {"fetch_client": "kafka-python"}
 PEER_PACKAGES = {
     "quix": ["quixstreams", "psutil"],
     "faust": ["faust-streaming", "rocksdict", "kafka-python", "psutil"],
@@ -192,7 +192,7 @@ class Runner:
                     await self.phase(suite, mode, argv)
                 if suite == "memory-raw-cl":
                     # The same replay with the restore consumer on kafka-python.
-                    settings = {**json.loads(args.kafka_settings), **KAFKA_PYTHON_RESTORE}
+                    settings = {**json.loads(args.kafka_settings), **KAFKA_PYTHON_FETCH}
                     argv = self.worker(
                         "count",
                         "recover",
@@ -344,7 +344,7 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         0.8,
     )
     check(
-        "for comparison: the same recovery, kafka-python restore client / baseline",
+        "for comparison: the same recovery, fetch_client=kafka-python / baseline",
         ratio(
             get("memory-raw-cl", "recover-kafka-python", "records_per_s"),
             get("baseline", "recover", "records_per_s"),
@@ -389,6 +389,7 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
         "replayed",
         "replayed/s",
         "changelog",
+        "CPU us/event or record",
         "peak RSS MB",
         "correct",
     ):
@@ -404,6 +405,7 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
             fmt(row.get("replayed"), ","),
             fmt(row.get("records_per_s"), ",.0f"),
             fmt(row.get("changelog_records"), ","),
+            fmt(row.get("cpu_us_per_event", row.get("cpu_us_per_record")), ".1f"),
             fmt(row.get("peak_rss_mb"), ".0f"),
             (row.get("skipped") and "skipped")
             or row.get("error")

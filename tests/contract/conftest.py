@@ -37,17 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The two Kafka variants differ only in the restore consumer: group tests would run
-    # the same kafka-python code twice.
-    same_code = [
-        item
-        for item in items
-        if _kind(item) == "kafka-python-restore" and item.path.name == "test_groups.py"
-    ]
-    if same_code:
-        config.hook.pytest_deselected(items=same_code)
-        items[:] = [item for item in items if item not in same_code]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not (_kind(item) or "").startswith("kafka"):
             continue
@@ -70,9 +60,9 @@ def _kind(item: pytest.Item) -> str | None:
 @pytest.fixture(
     params=[
         "memory",
-        # The restore consumer on librdkafka (the default), then on kafka-python.
+        # Records fetched with librdkafka (the default), then with kafka-python.
         pytest.param("kafka", marks=pytest.mark.kafka),
-        pytest.param("kafka-python-restore", marks=pytest.mark.kafka),
+        pytest.param("kafka-python-fetch", marks=pytest.mark.kafka),
     ]
 )
 def transport_kind(request: pytest.FixtureRequest) -> str:
@@ -96,8 +86,8 @@ async def transport(broker_url: str, transport_kind: str) -> AsyncIterator[Trans
     options: dict[str, Any] = {}
     if transport_kind == "kafka":
         options = KAFKA_SETTINGS
-    elif transport_kind == "kafka-python-restore":
-        options = {**KAFKA_SETTINGS, "restore_client": "kafka-python"}
+    elif transport_kind == "kafka-python-fetch":
+        options = {**KAFKA_SETTINGS, "fetch_client": "kafka-python"}
     try:
         async with open_transport(broker_url, **options) as opened:
             yield opened

@@ -139,6 +139,13 @@ class LibrdkafkaFetcher:
         self.paused.difference_update(tps)
         self._stale = True
 
+    def set_paused(self, tps: Iterable[TP]) -> None:
+        """Pause exactly ``tps`` (those assigned)."""
+        wanted = set(tps) & self.assignment
+        if wanted != self.paused:
+            self.paused = wanted
+            self._stale = True
+
     def rewind(self, batch: Mapping[TP, Sequence[Record]]) -> None:
         """Hand ``batch`` back: the next fetch returns its records again."""
         for tp, records in batch.items():

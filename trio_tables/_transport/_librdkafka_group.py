@@ -1,0 +1,146 @@
+"""The group consumer with ``fetch_client="confluent-kafka"`` (the default): kafka-python
+keeps the membership, librdkafka fetches the records.
+
+kafka-python stays the group member because the table assignor (which places standbys)
+is Python code, which librdkafka cannot call; it also keeps the rebalance bridge and
+commits. It never fetches: every partition it is assigned is paused in it at once (its
+fetch sizes are one byte, so a fetch sent before the pause costs nothing). A
+:class:`~._librdkafka.LibrdkafkaFetcher` reads exactly the partitions the listener was
+told this member owns, each from where the group says (the committed offset, else the
+reset policy), as :meth:`KafkaGroupConsumer._fix_positions` does for kafka-python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from ._base import TP, RebalanceListener, Record
+from ._kafka_bridge import ClientOwner
+from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
+from ._librdkafka import Batch, LibrdkafkaFetcher
+from ._retry import RetryPolicy
+
+__all__ = ["LibrdkafkaGroupConsumer"]
+
+#: kafka-python fetch sizes for the member that only keeps the membership.
+MEMBERSHIP_ONLY_CONFIG = {"fetch_max_bytes": 1, "max_partition_fetch_bytes": 1}
+
+
+class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
+    """Implements :class:`~trio_tables._transport._base.GroupConsumer`: membership,
+    rebalances and commits on kafka-python, records from librdkafka."""
+
+    def __init__(
+        self,
+        owner: ClientOwner,
+        consumer: Any,
+        probe: HighWatermarkProbe,
+        *,
+        fetcher: LibrdkafkaFetcher,
+        max_poll_records: int,
+        listener: RebalanceListener,
+        nursery: trio.Nursery,
+        reset_to_latest: bool = False,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(
+            owner,
+            consumer,
+            probe,
+            listener=listener,
+            nursery=nursery,
+            reset_to_latest=reset_to_latest,
+            retry=retry,
+        )
+        self._fetcher = fetcher
+        self._max_poll_records = max(max_poll_records, 1)
+
+    # -- worker-thread side ------------------------------------------------------------
+    def _poll_worker(self, timeout: float, max_records: int) -> Batch:
+        fetcher = self._fetcher
+        # Membership first (rebalances complete here and reach the listener). Without
+        # partitions to fetch there is nothing else to wait for.
+        self._consumer.poll(timeout_ms=0 if fetcher.assignment else int(timeout * 1000))
+        self._follow_assignment()
+        batch = fetcher.fetch(timeout, max_records) if fetcher.assignment else {}
+        owned = self._assignment  # the listener may have revoked some meanwhile
+        for tp in [tp for tp in batch if tp not in owned]:
+            del batch[tp]
+        return batch
+
+    def _follow_assignment(self) -> None:
+        """Make the fetcher read what the listener was told this member owns, newly
+        assigned partitions from where the group says; keep kafka-python from fetching."""
+        fresh, self._fresh = self._fresh, {}
+        try:
+            starts = self._group_starts(fresh) if fresh else {}
+        except Exception:
+            self._fresh = {**fresh, **self._fresh}  # tried again after the next poll
+            raise
+        owned = self._assignment
+        fetcher = self._fetcher
+        wanted = {tp: offset for tp, offset in fetcher.positions.items() if tp in owned}
+        wanted.update((tp, offset) for tp, offset in starts.items() if tp in owned)
+        if starts or wanted.keys() != fetcher.assignment:
+            fetcher.assign(wanted)
+        # Pauses asked for before the fetcher had the partition hold from now on.
+        fetcher.set_paused(self._paused)
+        consumer = self._consumer
+        if running := consumer.assignment() - consumer.paused():
+            consumer.pause(*running)
+
+    # -- GroupConsumer -------------------------------------------------------------------
+    async def poll(
+        self, *, timeout: float = 0.2, max_records: int | None = None
+    ) -> Mapping[TP, Sequence[Record]]:
+        """As :meth:`KafkaGroupConsumer.poll`. Cancellation: the records a cancelled poll
+        fetched are handed back and returned by the next poll."""
+        box: list[Batch] = []
+        wanted = max_records or self._max_poll_records
+
+        def work() -> None:
+            box.append(self._poll_worker(timeout, wanted))
+
+        try:
+            await self._retry.run("poll", lambda: self._owner.run(work))
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.Cancelled:
+            if box and box[0]:
+                await self._hand_back(box[0])
+            raise
+        self._after_poll()
+        return box[0]
+
+    def _rewind(self, batch: Batch) -> None:
+        self._fetcher.rewind(batch)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        def work() -> None:
+            self._follow_assignment()  # a partition the listener just got is seekable
+            self._fetcher.seek(tp, offset)
+
+        await self._owner.run(work)
+
+    async def position(self, tp: TP) -> int:
+        def work() -> int:
+            self._follow_assignment()
+            return self._fetcher.position(tp)
+
+        return await self._owner.run(work)
+
+    async def pause(self, tps: Iterable[TP]) -> None:
+        self._paused.update(tps)
+        await self._owner.run(self._fetcher.set_paused, set(self._paused))
+
+    async def resume(self, tps: Iterable[TP]) -> None:
+        self._paused.difference_update(tps)
+        await self._owner.run(self._fetcher.set_paused, set(self._paused))
+
+    def _close_client(self) -> None:
+        try:
+            super()._close_client()  # revokes through the listener, leaves the group
+        finally:
+            self._fetcher.close()

@@ -37,7 +37,13 @@ from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner, keep_finished_join
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
-from ._librdkafka import LibrdkafkaFetcher, librdkafka_config, new_librdkafka_consumer
+from ._librdkafka import (
+    REPLAY,
+    STREAMING,
+    LibrdkafkaFetcher,
+    librdkafka_config,
+    new_librdkafka_consumer,
+)
 from ._librdkafka_group import MEMBERSHIP_ONLY_CONFIG, LibrdkafkaGroupConsumer
 from ._retry import RetryPolicy
 
@@ -334,7 +340,7 @@ class KafkaTransport:
             owner = ClientOwner(f"Kafka group consumer {group_id}")
             if s.fetch_client == "confluent-kafka":
                 config.update(MEMBERSHIP_ONLY_CONFIG)
-                fetcher = await self._librdkafka_fetcher(isolation_level)
+                fetcher = await self._librdkafka_fetcher(isolation_level, STREAMING)
                 client = await self._connect(KafkaConsumer, config)
                 consumer = LibrdkafkaGroupConsumer(
                     owner,
@@ -427,7 +433,7 @@ class KafkaTransport:
         self, isolation_level: IsolationLevel, max_poll_records: int
     ) -> AsyncIterator[RestoreConsumer]:
         async with self._open_probe(isolation_level) as probe:
-            fetcher = await self._librdkafka_fetcher(isolation_level)
+            fetcher = await self._librdkafka_fetcher(isolation_level, REPLAY)
             consumer = ConfluentRestoreConsumer(
                 ClientOwner("librdkafka restore consumer"),
                 fetcher,
@@ -439,9 +445,14 @@ class KafkaTransport:
             finally:
                 await consumer.close()
 
-    async def _librdkafka_fetcher(self, isolation_level: IsolationLevel) -> LibrdkafkaFetcher:
+    async def _librdkafka_fetcher(
+        self, isolation_level: IsolationLevel, sizes: Mapping[str, Any]
+    ) -> LibrdkafkaFetcher:
         config = librdkafka_config(
-            self.settings, isolation_level=isolation_level, extra=self.settings.confluent_config
+            self.settings,
+            isolation_level=isolation_level,
+            sizes=sizes,
+            extra=self.settings.confluent_config,
         )
         # librdkafka connects lazily: an unreachable broker shows up in the first call.
         client = await trio.to_thread.run_sync(new_librdkafka_consumer, config)

@@ -545,12 +545,14 @@ class Collection:
                         tp.partition, records, request.committed, sources[tp.partition]
                     )
                     # At least past the last record. The consumer's position (a thread
-                    # hop) is asked only after a poll without records for the partition:
+                    # hop) is asked only after a poll that returned nothing at all:
                     # offsets have gaps (transaction markers), so the end may be reached
                     # without a record at end - 1.
                     position = records[-1].offset + 1
-                else:
+                elif not batch:
                     position = await consumer.position(tp)
+                else:
+                    continue  # records of other partitions came first
                 self.recovery_progress[tp.partition] = (position, end[tp])
                 if position >= end[tp]:
                     del remaining[tp]

@@ -67,9 +67,10 @@ def _headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
     return tuple((str(k), bytes(v)) for k, v in (value or ()))
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class TP:
-    """A topic-partition."""
+    """A topic-partition. Its hash is computed once (TPs key the dicts that every
+    processed event updates)."""
 
     topic: str
     partition: int

@@ -121,6 +121,18 @@ def check_encodable(codec: Codec, value: Any) -> None:
     codec.encode(value)
 
 
+def trivially_encodable(codec: Codec) -> frozenset[type]:
+    """The exact types whose values :func:`check_encodable` accepts for ``codec`` from
+    the type alone (empty when every value must be checked): lets a hot path skip the
+    call with ``type(value) in ...``, same verdict."""
+    if type(codec) is JsonCodec:
+        if codec.type is None:
+            return _JSON_SCALARS
+        if codec.type in _JSON_SCALARS:
+            return frozenset({codec.type})
+    return frozenset()
+
+
 @attrs.frozen
 class JsonCodec:
     """Compact JSON (UTF-8). Decoding checks the type when one is given."""

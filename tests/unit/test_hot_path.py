@@ -1,5 +1,5 @@
 """What the per-event fast paths must keep: the current event (set once per event, cleared
-before a stream waits or ends)."""
+before a stream waits or ends), and the source offsets of coalesced changelog records."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 import trio
 
-from trio_tables import current_event
+from trio_tables import TableManager, current_event
+from trio_tables._changelog import SOURCE_HEADER, ChangelogBuffer, SourceOffset, to_records
+from trio_tables._codecs import JsonCodec, RawCodec, check_encodable, trivially_encodable
 from trio_tables.errors import RecordDecodeError, TableWriteOutsideStream
 from trio_tables.testing import create_topic, open_test_manager, produce
 
@@ -74,3 +76,36 @@ async def test_no_current_event_after_the_stream_ends_or_fails(memory_url: str) 
             assert table.as_dict() == {"a": 1, "c": 1}
             with pytest.raises(TableWriteOutsideStream):
                 table["late"] = 1
+
+
+def test_trivially_encodable_gives_the_verdict_of_check_encodable() -> None:
+    samples: list[Any] = ["s", 1, 1.5, True, b"b", None, [1], {"a": 1}]
+    for codec in (JsonCodec(), JsonCodec(str), JsonCodec(int), JsonCodec(float), RawCodec()):
+        for value in samples:
+            if type(value) in trivially_encodable(codec):
+                check_encodable(codec, value)  # accepted without encoding
+
+
+def test_coalesced_writes_keep_the_last_value_and_cause_in_last_write_order() -> None:
+    buffer = ChangelogBuffer(coalesce=True)
+    buffer.add("a", (1, ("src", 0, 5), None))
+    buffer.add("b", (1, None, 7))
+    buffer.add("a", (2, ("src", 0, 9), None))
+    records = to_records("cl", 3, buffer.drain(), JsonCodec(str), JsonCodec(int))
+    assert [(r.key, r.value, r.partition) for r in records] == [
+        (b'"b"', b"1", 3),
+        (b'"a"', b"2", 3),
+    ]
+    assert records[0].headers == (("trio-tables-stream-time", b"7"),)
+    assert records[1].headers == ((SOURCE_HEADER, b"src:0:9"),)
+    assert len(buffer) == 0
+
+
+async def test_send_changelog_takes_a_source_offset(memory_url: str) -> None:
+    async with TableManager("app", broker=memory_url) as manager:
+        table = manager.Table("t", key_type=str, partitions=1)
+        table.send_changelog(0, "k", 1, source=SourceOffset("src", 0, 4))
+        records, _ = table.take_changes()
+        assert [(r.key, r.value, r.headers) for r in records] == [
+            (b'"k"', b"1", ((SOURCE_HEADER, b"src:0:4"),))
+        ]

@@ -31,14 +31,14 @@ from kafka.partitioner.default import murmur2
 from .._asyncio import is_asyncio_function, run_asyncio
 from .._changelog import (
     ChangelogBuffer,
-    ChangelogWrite,
     SourceOffset,
     changelog_topic_name,
     decode_stream_time,
+    source_of,
     to_records,
     uncommitted_filter,
 )
-from .._codecs import Codec, check_encodable, resolve_codec
+from .._codecs import Codec, check_encodable, resolve_codec, trivially_encodable
 from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
@@ -55,7 +55,7 @@ from .._windows import (
 from ..errors import PartitionNotOwned, TableWriteOutsideStream
 from ._callbacks import call_callback
 from ._joins import Joined, JoinKey, lookup_join
-from ._values import TOMBSTONE
+from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
 
@@ -73,6 +73,7 @@ _NOT_CACHED: Any = object()
 # Extra changelog retention of windowed tables past a window's expiry (as Kafka
 # Streams' windowstore.changelog.additional.retention.ms).
 _RETENTION_MARGIN = 24 * 3600 * 1000
+
 
 @attrs.define(eq=False)
 class RecoveryRequest:
@@ -203,6 +204,29 @@ class Collection:
         self._read_cache: dict[int, dict[Any, Any]] = {}
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
+
+    # The codecs are properties: each remembers which exact types it accepts without a
+    # check (what a write tests first, see _put).
+    @property
+    def key_codec(self) -> Codec:
+        """The codec of keys in the store and the changelog."""
+        return self._key_codec
+
+    @key_codec.setter
+    def key_codec(self, codec: Codec) -> None:
+        self._key_codec = codec
+        self._plain_keys = trivially_encodable(codec)
+
+    @property
+    def value_codec(self) -> Codec:
+        """The codec of values in the store and the changelog."""
+        return self._value_codec
+
+    @value_codec.setter
+    def value_codec(self, codec: Codec) -> None:
+        self._value_codec = codec
+        # Values needing neither a check nor a detached copy.
+        self._plain_values = trivially_encodable(codec) & IMMUTABLE_TYPES
 
     def _stored_value_codec(self, codec: Codec) -> Codec:
         """The codec of values as stored and written to the changelog (a subclass may
@@ -350,13 +374,15 @@ class Collection:
 
     def _put(self, partition: int, key: Any, value: Any) -> None:
         """Record ``value`` (``None`` deletes) for ``key`` in ``partition``, caused by
-        the current event (if any)."""
-        check_encodable(self.key_codec, key)  # TypeError now, not at commit time
-        if value is not None:
-            check_encodable(self.value_codec, value)
+        the current event (if any). Checks that key and value encode first (a
+        ``TypeError`` now, not at commit time); JSON scalars of the codec's type need no
+        check and no copy (the per-event path)."""
+        if type(key) not in self._plain_keys:
+            check_encodable(self._key_codec, key)
+        if value is not None and type(value) not in self._plain_values:
+            check_encodable(self._value_codec, value)
             value = _detached(value)
         event = current_event.get()
-        source = None if event is None else SourceOffset(event.topic, event.partition, event.offset)
         overlay = self._overlay.get(partition)
         if overlay is None:
             overlay = self._overlay[partition] = {}
@@ -368,7 +394,14 @@ class Collection:
         buffer = self._buffers.get(partition)
         if buffer is None:
             buffer = self._new_buffer(partition)
-        buffer.add(key, ChangelogWrite(value, source, stream_time))
+        buffer.add(
+            key,
+            (
+                value,
+                None if event is None else (event.topic, event.partition, event.offset),
+                stream_time,
+            ),
+        )
 
     def send_changelog(
         self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
@@ -377,7 +410,7 @@ class Collection:
         buffer = self._buffers.get(partition)
         if buffer is None:
             buffer = self._new_buffer(partition)
-        buffer.add(key, ChangelogWrite(value, source))
+        buffer.add(key, (value, source_of(source), None))
 
     def _new_buffer(self, partition: int) -> ChangelogBuffer:
         buffer = self._buffers[partition] = ChangelogBuffer(

@@ -1,5 +1,6 @@
 """What the per-event fast paths must keep: the current event (set once per event, cleared
-before a stream waits or ends), and the source offsets of coalesced changelog records."""
+before a stream waits or ends), per-key hooks of subclasses, checks and copies of values
+that are not JSON scalars, and the source offsets of coalesced changelog records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_tables import TableManager, current_event
+from trio_tables import Table, TableManager, current_event
 from trio_tables._changelog import SOURCE_HEADER, ChangelogBuffer, SourceOffset, to_records
 from trio_tables._codecs import JsonCodec, RawCodec, check_encodable, trivially_encodable
 from trio_tables.errors import RecordDecodeError, TableWriteOutsideStream
@@ -76,6 +77,50 @@ async def test_no_current_event_after_the_stream_ends_or_fails(memory_url: str) 
             assert table.as_dict() == {"a": 1, "c": 1}
             with pytest.raises(TableWriteOutsideStream):
                 table["late"] = 1
+
+
+class Observed(Table):
+    """Overrides the per-key hooks (Faust style): they must still be called."""
+
+    calls: list[tuple[Any, ...]]
+
+    def on_key_get(self, key: Any) -> None:
+        self.calls.append(("get", key))
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self.calls.append(("set", key, value))
+
+    def on_key_del(self, key: Any) -> None:
+        self.calls.append(("del", key))
+
+
+async def test_hooks_of_a_subclass_are_called_and_values_are_still_copied(
+    memory_url: str,
+) -> None:
+    await create_topic(memory_url, "src", 1)
+    async with open_test_manager(memory_url) as manager:
+        observed = manager.add(Observed(manager, "observed", default=int, key_type=str))
+        assert isinstance(observed, Observed)
+        observed.calls = []
+        plain = manager.Table("plain", key_type=str)
+        assert not plain._key_hooks
+        assert observed._key_hooks
+        async with manager.stream("src"):
+            await manager.wait_until_recovered()
+            with observed.partition(0), plain.partition(0):
+                observed["k"] += 1
+                del observed["k"]
+                assert observed.calls == [("get", "k"), ("set", "k", 1), ("del", "k")]
+                value = {"n": [1]}
+                plain["d"] = value
+                value["n"].append(2)  # the table holds a copy
+                got = plain["d"]
+                got["n"].append(3)  # and hands out copies
+                assert plain["d"] == {"n": [1]}
+                with pytest.raises(TypeError):
+                    plain["bad"] = object()
+                with pytest.raises(TypeError):
+                    plain[("not", "a", "str")] = 1
 
 
 def test_trivially_encodable_gives_the_verdict_of_check_encodable() -> None:

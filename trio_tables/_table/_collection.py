@@ -319,11 +319,15 @@ class Collection:
     # -- reads -------------------------------------------------------------------------
     def _lookup(self, partition: int, key: Any) -> Any:
         layer = self._overlay.get(partition)
-        if layer is not None and key in layer:
-            return layer[key]
+        if layer is not None:
+            value = layer.get(key, _NOT_CACHED)
+            if value is not _NOT_CACHED:
+                return value
         layer = self._persisting.get(partition)
-        if layer is not None and key in layer:
-            return layer[key]
+        if layer is not None:
+            value = layer.get(key, _NOT_CACHED)
+            if value is not _NOT_CACHED:
+                return value
         cache = self._read_cache.get(partition)
         if cache is not None:
             value = cache.get(key, _NOT_CACHED)

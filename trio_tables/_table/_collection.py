@@ -202,6 +202,10 @@ class Collection:
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
         # partition -> key -> value the (persistent) store holds, MISSING if none.
         self._read_cache: dict[int, dict[Any, Any]] = {}
+        # partition -> its read cache, when that cache holds every key the store has
+        # (see _lookup). Compared by identity: a cache replaced or dropped is no longer
+        # complete; one about to be cleared leaves this first.
+        self._complete_caches: dict[int, dict[Any, Any]] = {}
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
 
@@ -333,19 +337,43 @@ class Collection:
             value = cache.get(key, _NOT_CACHED)
             if value is not _NOT_CACHED:
                 return value
+            if self._complete_caches.get(partition) is cache:
+                return MISSING
+        elif self.data.persistent and self._start_complete_cache(partition):
+            return MISSING
         value = self.data.get(partition, key)
         if self.data.persistent:
             self._cache_values(partition, ((key, value),))
         return value
 
+    def _start_complete_cache(self, partition: int) -> bool:
+        """Whether the store holds nothing for ``partition``; if so its (new, empty) read
+        cache is *complete* from now on: every store change updates it (persist, applied
+        changelog records), so a key it does not know is not in the store and needs no
+        store read (a new key costs no read; reads can cost a GIL hand-over of up to
+        milliseconds while another thread polls). Completeness ends when the cache
+        starts over (``READ_CACHE_LIMIT``) or is dropped.
+
+        The cache is installed before the store is asked: a persist running on a worker
+        thread meanwhile either wrote the partition first (then it is not empty here) or
+        caches what it wrote in this cache."""
+        new: dict[Any, Any] = {}
+        cache = self._read_cache.setdefault(partition, new)
+        if cache is not new or partition in self.data.partitions():
+            return False
+        self._complete_caches[partition] = cache
+        return True
+
     def _cache_values(self, partition: int, values: Iterable[tuple[Any, Any]]) -> None:
         """Remember what the store holds for these keys (``MISSING``: absent), so that a
         persistent store is read at most once per key while it keeps its value. Bounded:
-        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values."""
+        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values (and
+        is no longer complete)."""
         cache = self._read_cache.get(partition)
         if cache is None:
             cache = self._read_cache[partition] = {}
         elif len(cache) >= READ_CACHE_LIMIT:
+            self._complete_caches.pop(partition, None)  # before a reader sees it empty
             cache.clear()
         cache.update(values)
 
@@ -534,6 +562,7 @@ class Collection:
             self.data.reset_partition(partition)
         self.local_offsets.clear()
         self._read_cache.clear()
+        self._complete_caches.clear()
         if self._windowing is not None:
             self._windowing.index.clear()
             self._windowing.stream_time.clear()

@@ -67,10 +67,10 @@ def _headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
     return tuple((str(k), bytes(v)) for k, v in (value or ()))
 
 
+# cache_hash: TPs key the dicts that every processed event updates.
 @attrs.frozen(order=True, cache_hash=True)
 class TP:
-    """A topic-partition. Its hash is computed once (TPs key the dicts that every
-    processed event updates)."""
+    """A topic-partition."""
 
     topic: str
     partition: int

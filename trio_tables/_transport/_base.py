@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -79,9 +79,10 @@ class TP:
         return f"{self.topic}[{self.partition}]"
 
 
-@attrs.frozen
-class Record:
-    """A record read from a partition."""
+# A named tuple, not an attrs class: consumers build one per record read (on the poll
+# thread, holding the GIL), and a tuple is built in a third of the time.
+class Record(NamedTuple):
+    """A record read from a partition (an immutable named tuple)."""
 
     topic: str
     partition: int

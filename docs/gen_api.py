@@ -173,6 +173,7 @@ def _signature(obj: Any, name: str) -> str:
         return name
     text = str(sig).replace("'", '"')
     text = re.sub(r'(: |-> )"([^"]*)"', r"\1\2", text)  # annotations are strings here
+    text = re.sub(r'ForwardRef\("([^"]*)"\)', r"\1", text)  # (named tuples' fields)
     text = re.sub(r" -> .*$", "", text) if inspect.isclass(obj) else text
     return f"{name}{text}"
 

@@ -22,11 +22,13 @@ __all__ = [
     "STREAM_TIME_HEADER",
     "ChangelogBuffer",
     "ChangelogWrite",
+    "Source",
     "SourceOffset",
     "changelog_topic_name",
     "decode_source",
     "decode_stream_time",
     "encode_source",
+    "source_of",
     "uncommitted_filter",
 ]
 
@@ -99,14 +101,19 @@ def uncommitted_filter(committed: Mapping[TP, int | None]) -> Callable[[Record],
     return uncommitted
 
 
-@attrs.frozen
-class ChangelogWrite:
-    """One pending table change: the new value (``None``: delete), its cause, and for
-    windowed tables the partition's stream time."""
+Source = tuple[str, int, int]
+"""``(topic, partition, offset)`` of the event that caused a change (the fields of a
+:class:`SourceOffset`, without building one per table write)."""
 
-    value: Any
-    source: SourceOffset | None
-    stream_time: int | None = None
+ChangelogWrite = tuple[Any, Source | None, int | None]
+"""One pending table change: ``(value, source, stream_time)``: the new value (``None``:
+delete), its cause (``None``: written outside a stream), and for windowed tables the
+partition's stream time. A plain tuple: one is made per table write."""
+
+
+def source_of(offset: SourceOffset | None) -> Source | None:
+    """The :data:`Source` tuple of a :class:`SourceOffset`."""
+    return None if offset is None else (offset.topic, offset.partition, offset.offset)
 
 
 class ChangelogBuffer:
@@ -152,16 +159,18 @@ def to_records(
 ) -> list[OutgoingRecord]:
     """Encode table changes as changelog records for ``topic[partition]``."""
     records = []
-    for key, write in writes:
-        headers: tuple[tuple[str, bytes], ...] = (
-            () if write.source is None else ((SOURCE_HEADER, encode_source(write.source)),)
-        )
-        if write.stream_time is not None:
-            headers += ((STREAM_TIME_HEADER, b"%d" % write.stream_time),)
+    for key, (value, source, stream_time) in writes:
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if source is not None:
+            source_topic, source_partition, source_offset = source
+            header = f"{source_topic}:{source_partition}:{source_offset}".encode()
+            headers = ((SOURCE_HEADER, header),)
+        if stream_time is not None:
+            headers += ((STREAM_TIME_HEADER, b"%d" % stream_time),)
         records.append(
             OutgoingRecord(
                 topic,
-                None if write.value is None else value_codec.encode(write.value),
+                None if value is None else value_codec.encode(value),
                 key_codec.encode(key),
                 partition,
                 headers,

@@ -101,6 +101,9 @@ def _from_jsonable(data: Any, type_: Any) -> Any:
     return data
 
 
+# What json.dumps does with a str (ensure_ascii, the default): the C encoder.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
 _PLAIN_JSON_STRING = re.compile(rb'"[^"\\\x00-\x1f]*"')
 _JSON_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 
@@ -121,6 +124,18 @@ def check_encodable(codec: Codec, value: Any) -> None:
     codec.encode(value)
 
 
+def trivially_encodable(codec: Codec) -> frozenset[type]:
+    """The exact types whose values :func:`check_encodable` accepts for ``codec`` from
+    the type alone (empty when every value must be checked): lets a hot path skip the
+    call with ``type(value) in ...``, same verdict."""
+    if type(codec) is JsonCodec:
+        if codec.type is None:
+            return _JSON_SCALARS
+        if codec.type in _JSON_SCALARS:
+            return frozenset({codec.type})
+    return frozenset()
+
+
 @attrs.frozen
 class JsonCodec:
     """Compact JSON (UTF-8). Decoding checks the type when one is given."""
@@ -128,6 +143,13 @@ class JsonCodec:
     type: type | None = None
 
     def encode(self, value: Any) -> bytes:
+        # Fast paths for what tables store most (every changelog record and store write
+        # encodes): a str, an int (not a bool). Same bytes as json.dumps.
+        kind = type(value)
+        if kind is str and (self.type is str or self.type is None):
+            return _json_string(value).encode()
+        if kind is int and (self.type is int or self.type is None or self.type is float):
+            return b"%d" % value
         check_type(value, self.type)
         try:
             return json.dumps(_to_jsonable(value), separators=(",", ":")).encode()

@@ -88,6 +88,11 @@ class Stream:
         self._buffers: dict[int, deque[Record]] = {}
         self._ready: set[int] = set()
         self._order: deque[int] = deque()
+        # The run in progress: the buffer of ``_order[0]`` being drained, and how many
+        # more records it may yield before the next partition's turn. ``None`` when the
+        # next call must pick a partition (set_ready/unready/drop reset it).
+        self._run: deque[Record] | None = None
+        self._run_partition = 0
         self._burst = 0
         self._since_checkpoint = 0
         self._changed = trio.Event()
@@ -115,11 +120,13 @@ class Stream:
         if partition not in self._ready:
             self._ready.add(partition)
             self._order.append(partition)
+            self._run = None
             self._changed.set()
 
     def unready(self, partition: int) -> None:
         """Stop yielding ``partition`` (its buffered records stay until dropped)."""
         self._ready.discard(partition)
+        self._run = None
         if partition in self._order:
             self._order.remove(partition)
 
@@ -127,6 +134,7 @@ class Stream:
         """Forget a revoked partition and what was buffered for it."""
         self._ready.discard(partition)
         self._buffers.pop(partition, None)
+        self._run = None
         if partition in self._order:
             self._order.remove(partition)
 
@@ -148,10 +156,15 @@ class Stream:
         if event is not None:
             self._current = None
             current_event.set(None)
-            tp = self._tps.get(event.partition)
-            if tp is None:
-                tp = self._tps[event.partition] = event.tp
-            self._manager._event_processed(tp, event.offset)
+            self._processed(event)
+
+    def _processed(self, event: Event) -> None:
+        """``event`` counts as processed: its offset may be committed."""
+        tp = self._tps.get(event.partition)
+        if tp is None:
+            tp = self._tps[event.partition] = event.tp
+        self._manager._event_processed(tp, event.offset)
+        if self._current_done is not None:
             self._set_current_done()
 
     def _set_current_done(self) -> None:
@@ -161,19 +174,25 @@ class Stream:
             done.set()
 
     def _next_record(self) -> Record | None:
+        """The first record of the next ready partition with buffered records (which
+        starts a run of up to ``_BURST`` records), or ``None``. Called when the run in
+        progress is over: empty, out of turns, or reset."""
         order = self._order
-        if not order:
-            return None
-        for _ in range(len(order) + 1):
+        if self._run is not None:
+            self._run = None
+            if order:
+                order.rotate(-1)
+        for _ in range(len(order)):
             partition = order[0]
             buffer = self._buffers.get(partition)
-            if buffer and self._burst < _BURST:
-                self._burst += 1
+            if buffer:
+                self._run = buffer
+                self._run_partition = partition
+                self._burst = _BURST - 1
                 record = buffer.popleft()
                 if len(buffer) == self.buffer_size // 2:
                     self._manager._stream_has_room(self.topic, partition)
                 return record
-            self._burst = 0
             order.rotate(-1)
         return None
 
@@ -201,6 +220,7 @@ class Stream:
     def _decode_failed(self, record: Record, what: str, exc: CodecError) -> None:
         error = RecordDecodeError(record.topic, record.partition, record.offset, what, exc)
         if self._on_decode_error == "raise":
+            current_event.set(None)
             raise error
         self.skipped += 1
         logger.warning("skipped undecodable record (%d so far): %s", self.skipped, error)
@@ -210,23 +230,42 @@ class Stream:
         return self
 
     async def __anext__(self) -> Event:
-        self._finish_current()
+        # The hot path: one call per event. The previous event is finished here, and
+        # the current-event context variable is set once per event: to the next event
+        # when one is at hand, to None only before waiting or leaving (a task blocked in
+        # here, cancelled, or done with the stream has no current event).
+        previous = self._current
+        if previous is not None:
+            self._current = None
+            self._processed(previous)
         self._since_checkpoint += 1
         if self._since_checkpoint >= _CHECKPOINT_EVERY:
             # Before a record is taken: a cancellation delivered here loses nothing.
             self._since_checkpoint = 0
+            current_event.set(None)
             await self._manager._between_events()
         while True:
             if self.closed:
+                current_event.set(None)
                 raise StopAsyncIteration
             if self._manager._hold is not None:
+                current_event.set(None)
                 await self._manager._wait_for_hold()
                 continue
-            record = self._next_record()
-            if record is None:
-                await self._changed.wait()
-                self._changed = trio.Event()
-                continue
+            run = self._run
+            if run and self._burst:
+                self._burst -= 1
+                record = run.popleft()
+                if len(run) == self.buffer_size // 2:
+                    self._manager._stream_has_room(self.topic, self._run_partition)
+            else:
+                next_record = self._next_record()
+                if next_record is None:
+                    current_event.set(None)
+                    await self._changed.wait()
+                    self._changed = trio.Event()
+                    continue
+                record = next_record
             event = self._decode(record)
             if event is None:
                 continue

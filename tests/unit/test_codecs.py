@@ -160,3 +160,25 @@ def test_json_decode_fast_paths_agree_with_json_loads(type_: type | None, data: 
     got, want = _decoded(codec, data), _decoded_slowly(codec, data)
     assert got == want, data
     assert type(got[1]) is type(want[1]), data
+
+
+def _encoded(action: Any) -> Any:
+    try:
+        return ("ok", action())
+    except TypeError:
+        return ("TypeError", None)
+
+
+@given(
+    st.sampled_from([None, str, int, float, bool]),
+    st.one_of(st.text(), st.integers(), st.booleans(), st.floats(allow_nan=False)),
+)
+def test_json_encode_fast_paths_agree_with_json_dumps(type_: type | None, value: Any) -> None:
+    codec = JsonCodec(type_)
+
+    def slowly() -> bytes:
+        # What encode() did before its fast paths.
+        check_type(value, type_)
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    assert _encoded(lambda: codec.encode(value)) == _encoded(slowly), value

@@ -7,10 +7,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 
 import trio_tables
+import trio_tables._table._collection as collection
 from trio_tables import TableManager
 from trio_tables._store._base import MISSING
 from trio_tables._transport._base import OutgoingRecord, Record
@@ -34,8 +36,10 @@ async def test_cached_reads_follow_every_store_change(autojump_clock: Any, tmp_p
             # Persisted by the commit: remembered, so no store read is needed.
             assert table._read_cache[0]["k"] == 1
             with counts.partition(0):
-                assert counts["missing"] == 0  # read once from the store ...
-                assert table._read_cache[0]["missing"] is MISSING  # ... and remembered
+                # The store held nothing for partition 0 when the table first read it:
+                # the cache knows every key the store has, a missing key needs no read.
+                assert table._complete_caches[0] is table._read_cache[0]
+                assert counts["missing"] == 0
                 # A changelog record applied to the store (standby, global, restore).
                 record = Record("rc-counts-changelog", 0, 99, b'"k"', b"5", 0)
                 await counts.apply_changelog_batch(0, [record])
@@ -48,3 +52,65 @@ async def test_cached_reads_follow_every_store_change(autojump_clock: Any, tmp_p
             counts.reset_state()
             assert table._read_cache == {}
         await trio.lowlevel.checkpoint()
+
+
+async def test_a_store_with_data_is_read_once_per_key(autojump_clock: Any, tmp_path: Path) -> None:
+    url = f"memory://cache-{uuid.uuid4().hex[:12]}"
+    async with trio_tables.open_transport(url) as transport:
+        await transport.create_topic("words", 1)
+    for run in range(2):
+        async with TableManager("rc", broker=url, store=f"sqlite://{tmp_path}") as manager:
+            counts = manager.Table("counts", default=int, key_type=str, value_type=int)
+            async with manager.stream("words", key_type=str):
+                await manager.wait_until_recovered()
+                table: Any = counts
+                reads: list[Any] = []
+                get = table.data.get
+
+                def counting_get(
+                    partition: int, key: Any, get: Any = get, reads: list[Any] = reads
+                ) -> Any:
+                    reads.append(key)
+                    return get(partition, key)
+
+                table.data.get = counting_get
+                with counts.partition(0):
+                    if run == 0:
+                        counts["k"] = 1
+                        assert counts["missing"] == 0
+                        assert reads == []  # empty store: a complete cache
+                    else:
+                        # The store had data when the table started: read once per key,
+                        # then remembered (MISSING: absent).
+                        assert 0 not in table._complete_caches
+                        assert (counts["k"], counts["k"]) == (1, 1)
+                        assert (counts["missing"], counts["missing"]) == (0, 0)
+                        assert reads == ["k", "missing"]
+                        assert table._read_cache[0]["missing"] is MISSING
+
+
+async def test_a_cache_that_starts_over_is_no_longer_complete(
+    autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collection, "READ_CACHE_LIMIT", 2)
+    url = f"memory://cache-{uuid.uuid4().hex[:12]}"
+    async with trio_tables.open_transport(url) as transport:
+        await transport.create_topic("words", 1)
+    async with TableManager("rc", broker=url, store=f"sqlite://{tmp_path}") as manager:
+        counts = manager.Table("counts", default=int, key_type=str, value_type=int)
+        async with manager.stream("words", key_type=str):
+            await manager.wait_until_recovered()
+            table: Any = counts
+            with counts.partition(0):
+                assert counts["a"] == 0
+                assert table._complete_caches[0] is table._read_cache[0]
+                for key in "abc":
+                    counts[key] = 1
+                await manager.commit()  # persisted: the cache holds 3 values
+                assert table._complete_caches[0] is table._read_cache[0]
+                counts["e"] = 1
+                await manager.commit()  # more than the limit: the cache starts over
+                assert 0 not in table._complete_caches
+                assert table._read_cache[0] == {"e": 1}
+                assert [counts[k] for k in "abce"] == [1, 1, 1, 1]  # read from the store
+                assert counts["d"] == 0

@@ -116,3 +116,23 @@ def test_persistent_store_survives_reopen(make_store: StoreFactory) -> None:
     else:
         assert reopened.persisted_offset(2) is None
         assert reopened.partitions() == frozenset()
+
+
+def test_get_sees_every_write_and_reset_after_earlier_reads(make_store: StoreFactory) -> None:
+    # The sqlite store reads with a connection of its own, opened by the first get: it
+    # must see what later batches committed (and forgot).
+    store = make_store()
+    store.write_batch(0, {"a": 1}, offset=1)
+    assert store.get(0, "a") == 1
+    assert store.get(0, "b") is MISSING
+    store.write_batch(0, {"a": 2, "b": 3}, offset=2)
+    assert (store.get(0, "a"), store.get(0, "b")) == (2, 3)
+    store.write_batch(0, {"a": None}, offset=3)
+    assert store.get(0, "a") is MISSING
+    store.reset_partition(0)
+    assert store.get(0, "b") is MISSING
+    store.write_batch(0, {"c": 4}, offset=4)
+    assert store.get(0, "c") == 4
+    store.close()
+    reopened = make_store()
+    assert reopened.get(0, "c") == (4 if store.persistent else MISSING)

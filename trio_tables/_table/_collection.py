@@ -31,14 +31,14 @@ from kafka.partitioner.default import murmur2
 from .._asyncio import is_asyncio_function, run_asyncio
 from .._changelog import (
     ChangelogBuffer,
-    ChangelogWrite,
     SourceOffset,
     changelog_topic_name,
     decode_stream_time,
+    source_of,
     to_records,
     uncommitted_filter,
 )
-from .._codecs import Codec, check_encodable, resolve_codec
+from .._codecs import Codec, check_encodable, resolve_codec, trivially_encodable
 from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
@@ -55,7 +55,7 @@ from .._windows import (
 from ..errors import PartitionNotOwned, TableWriteOutsideStream
 from ._callbacks import call_callback
 from ._joins import Joined, JoinKey, lookup_join
-from ._values import TOMBSTONE
+from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
 
@@ -73,6 +73,7 @@ _NOT_CACHED: Any = object()
 # Extra changelog retention of windowed tables past a window's expiry (as Kafka
 # Streams' windowstore.changelog.additional.retention.ms).
 _RETENTION_MARGIN = 24 * 3600 * 1000
+
 
 @attrs.define(eq=False)
 class RecoveryRequest:
@@ -201,8 +202,35 @@ class Collection:
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
         # partition -> key -> value the (persistent) store holds, MISSING if none.
         self._read_cache: dict[int, dict[Any, Any]] = {}
+        # partition -> its read cache, when that cache holds every key the store has
+        # (see _lookup). Compared by identity: a cache replaced or dropped is no longer
+        # complete; one about to be cleared leaves this first.
+        self._complete_caches: dict[int, dict[Any, Any]] = {}
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
+
+    # The codecs are properties: each remembers which exact types it accepts without a
+    # check (what a write tests first, see _put).
+    @property
+    def key_codec(self) -> Codec:
+        """The codec of keys in the store and the changelog."""
+        return self._key_codec
+
+    @key_codec.setter
+    def key_codec(self, codec: Codec) -> None:
+        self._key_codec = codec
+        self._plain_keys = trivially_encodable(codec)
+
+    @property
+    def value_codec(self) -> Codec:
+        """The codec of values in the store and the changelog."""
+        return self._value_codec
+
+    @value_codec.setter
+    def value_codec(self, codec: Codec) -> None:
+        self._value_codec = codec
+        # Values needing neither a check nor a detached copy.
+        self._plain_values = trivially_encodable(codec) & IMMUTABLE_TYPES
 
     def _stored_value_codec(self, codec: Codec) -> Codec:
         """The codec of values as stored and written to the changelog (a subclass may
@@ -295,29 +323,57 @@ class Collection:
     # -- reads -------------------------------------------------------------------------
     def _lookup(self, partition: int, key: Any) -> Any:
         layer = self._overlay.get(partition)
-        if layer is not None and key in layer:
-            return layer[key]
+        if layer is not None:
+            value = layer.get(key, _NOT_CACHED)
+            if value is not _NOT_CACHED:
+                return value
         layer = self._persisting.get(partition)
-        if layer is not None and key in layer:
-            return layer[key]
+        if layer is not None:
+            value = layer.get(key, _NOT_CACHED)
+            if value is not _NOT_CACHED:
+                return value
         cache = self._read_cache.get(partition)
         if cache is not None:
             value = cache.get(key, _NOT_CACHED)
             if value is not _NOT_CACHED:
                 return value
+            if self._complete_caches.get(partition) is cache:
+                return MISSING
+        elif self.data.persistent and self._start_complete_cache(partition):
+            return MISSING
         value = self.data.get(partition, key)
         if self.data.persistent:
             self._cache_values(partition, ((key, value),))
         return value
 
+    def _start_complete_cache(self, partition: int) -> bool:
+        """Whether the store holds nothing for ``partition``; if so its (new, empty) read
+        cache is *complete* from now on: every store change updates it (persist, applied
+        changelog records), so a key it does not know is not in the store and needs no
+        store read (a new key costs no read; reads can cost a GIL hand-over of up to
+        milliseconds while another thread polls). Completeness ends when the cache
+        starts over (``READ_CACHE_LIMIT``) or is dropped.
+
+        The cache is installed before the store is asked: a persist running on a worker
+        thread meanwhile either wrote the partition first (then it is not empty here) or
+        caches what it wrote in this cache."""
+        new: dict[Any, Any] = {}
+        cache = self._read_cache.setdefault(partition, new)
+        if cache is not new or partition in self.data.partitions():
+            return False
+        self._complete_caches[partition] = cache
+        return True
+
     def _cache_values(self, partition: int, values: Iterable[tuple[Any, Any]]) -> None:
         """Remember what the store holds for these keys (``MISSING``: absent), so that a
         persistent store is read at most once per key while it keeps its value. Bounded:
-        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values."""
+        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values (and
+        is no longer complete)."""
         cache = self._read_cache.get(partition)
         if cache is None:
             cache = self._read_cache[partition] = {}
         elif len(cache) >= READ_CACHE_LIMIT:
+            self._complete_caches.pop(partition, None)  # before a reader sees it empty
             cache.clear()
         cache.update(values)
 
@@ -350,13 +406,15 @@ class Collection:
 
     def _put(self, partition: int, key: Any, value: Any) -> None:
         """Record ``value`` (``None`` deletes) for ``key`` in ``partition``, caused by
-        the current event (if any)."""
-        check_encodable(self.key_codec, key)  # TypeError now, not at commit time
-        if value is not None:
-            check_encodable(self.value_codec, value)
+        the current event (if any). Checks that key and value encode first (a
+        ``TypeError`` now, not at commit time); JSON scalars of the codec's type need no
+        check and no copy (the per-event path)."""
+        if type(key) not in self._plain_keys:
+            check_encodable(self._key_codec, key)
+        if value is not None and type(value) not in self._plain_values:
+            check_encodable(self._value_codec, value)
             value = _detached(value)
         event = current_event.get()
-        source = None if event is None else SourceOffset(event.topic, event.partition, event.offset)
         overlay = self._overlay.get(partition)
         if overlay is None:
             overlay = self._overlay[partition] = {}
@@ -368,7 +426,14 @@ class Collection:
         buffer = self._buffers.get(partition)
         if buffer is None:
             buffer = self._new_buffer(partition)
-        buffer.add(key, ChangelogWrite(value, source, stream_time))
+        buffer.add(
+            key,
+            (
+                value,
+                None if event is None else (event.topic, event.partition, event.offset),
+                stream_time,
+            ),
+        )
 
     def send_changelog(
         self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
@@ -377,7 +442,7 @@ class Collection:
         buffer = self._buffers.get(partition)
         if buffer is None:
             buffer = self._new_buffer(partition)
-        buffer.add(key, ChangelogWrite(value, source))
+        buffer.add(key, (value, source_of(source), None))
 
     def _new_buffer(self, partition: int) -> ChangelogBuffer:
         buffer = self._buffers[partition] = ChangelogBuffer(
@@ -497,6 +562,7 @@ class Collection:
             self.data.reset_partition(partition)
         self.local_offsets.clear()
         self._read_cache.clear()
+        self._complete_caches.clear()
         if self._windowing is not None:
             self._windowing.index.clear()
             self._windowing.stream_time.clear()

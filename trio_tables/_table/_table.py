@@ -7,11 +7,13 @@ from typing import Any
 
 from .._store._base import MISSING
 from ._collection import Collection
-from ._values import TOMBSTONE
+from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import WindowWrapper
 
 __all__ = ["Table"]
+
+_KEY_HOOKS = ("on_key_get", "on_key_set", "on_key_del")
 
 
 class Table(Collection, MutableMapping[Any, Any]):
@@ -30,28 +32,38 @@ class Table(Collection, MutableMapping[Any, Any]):
 
     WindowWrapper = WindowWrapper
 
+    # Whether the class overrides a per-key hook (on_key_get/set/del); if not, reads and
+    # writes skip calling them. Hooks are overridden in a subclass (as in Faust).
+    _key_hooks = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._key_hooks = any(getattr(cls, hook) is not getattr(Table, hook) for hook in _KEY_HOOKS)
+
     def __getitem__(self, key: Any) -> Any:
         value = self._read(key)
-        if value is MISSING or value is TOMBSTONE:
+        if self._key_hooks:
             self.on_key_get(key)
+        if value is MISSING or value is TOMBSTONE:
             if self.default is not None:
                 return self.default()
             raise KeyError(key)
-        self.on_key_get(key)
-        return _detached(value)
+        return value if type(value) in IMMUTABLE_TYPES else _detached(value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._write(key, value)
-        if value is None:
-            self.on_key_del(key)
-        else:
-            self.on_key_set(key, value)
+        if self._key_hooks:
+            if value is None:
+                self.on_key_del(key)
+            else:
+                self.on_key_set(key, value)
 
     def __delitem__(self, key: Any) -> None:
         if key not in self:
             raise KeyError(key)
         self._write(key, None)
-        self.on_key_del(key)
+        if self._key_hooks:
+            self.on_key_del(key)
 
     def __contains__(self, key: object) -> bool:
         value = self._read(key)
@@ -86,7 +98,8 @@ class Table(Collection, MutableMapping[Any, Any]):
             for key, value in self._partition_items(partition)
         }
 
-    # Faust's per-key hooks: called after each access; override to observe.
+    # Faust's per-key hooks: called after each access; override them in a subclass to
+    # observe (only overrides are called, see _key_hooks).
     def on_key_get(self, key: Any) -> None:
         pass
 

@@ -7,12 +7,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["TOMBSTONE", "detached"]
+__all__ = ["IMMUTABLE_TYPES", "TOMBSTONE", "detached"]
 
 TOMBSTONE: Any = attrs.make_class("Tombstone", [], frozen=True)()
 """A deleted key in a layer above the store (the store itself just drops the key)."""
 
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
+IMMUTABLE_TYPES: frozenset[type] = frozenset(_IMMUTABLE)
+"""Exact types whose values :func:`detached` returns as they are."""
 
 
 def detached(value: Any) -> Any:

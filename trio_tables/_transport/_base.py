@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -67,7 +67,8 @@ def _headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
     return tuple((str(k), bytes(v)) for k, v in (value or ()))
 
 
-@attrs.frozen(order=True)
+# cache_hash: TPs key the dicts that every processed event updates.
+@attrs.frozen(order=True, cache_hash=True)
 class TP:
     """A topic-partition."""
 
@@ -78,9 +79,10 @@ class TP:
         return f"{self.topic}[{self.partition}]"
 
 
-@attrs.frozen
-class Record:
-    """A record read from a partition."""
+# A named tuple, not an attrs class: consumers build one per record read (on the poll
+# thread, holding the GIL), and a tuple is built in a third of the time.
+class Record(NamedTuple):
+    """A record read from a partition (an immutable named tuple)."""
 
     topic: str
     partition: int

@@ -44,17 +44,23 @@ def _poll_and_convert(consumer: Any, timeout_ms: int, max_records: int | None) -
     release_parked_records(consumer)
     raw = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
     out: Batch = {}
+    # Per record, on the poll thread (it holds the GIL the Trio thread waits for): the
+    # tuple is built directly, as Record(...) would without its argument handling.
+    new = tuple.__new__
     for ktp, records in raw.items():
         topic, partition = ktp.topic, ktp.partition
         out[TP(topic, partition)] = [
-            Record(
-                topic,
-                partition,
-                r.offset,
-                r.key,
-                r.value,
-                r.timestamp,
-                tuple(r.headers) if r.headers else (),
+            new(
+                Record,
+                (
+                    topic,
+                    partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    r.timestamp,
+                    tuple(r.headers) if r.headers else (),
+                ),
             )
             for r in records
         ]

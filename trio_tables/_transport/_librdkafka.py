@@ -243,6 +243,7 @@ class LibrdkafkaFetcher:
         partition = -1
         floor: int | None = None
         append: Any = None
+        new = tuple.__new__  # Record(...) without its argument handling
         for message in messages:
             error = message.error()
             if error is not None:
@@ -261,14 +262,17 @@ class LibrdkafkaFetcher:
                 continue
             headers = message.headers()
             append(
-                Record(
-                    topic,
-                    partition,
-                    offset,
-                    message.key(),
-                    message.value(),
-                    message.timestamp()[1],
-                    tuple(headers) if headers else (),
+                new(
+                    Record,
+                    (
+                        topic,
+                        partition,
+                        offset,
+                        message.key(),
+                        message.value(),
+                        message.timestamp()[1],
+                        tuple(headers) if headers else (),
+                    ),
                 )
             )
         for tp, got in list(out.items()):

@@ -148,7 +148,9 @@ async def recover(args: argparse.Namespace) -> dict[str, Any]:
         "recover_s": recovering,
         "replayed": counts.replayed,
         "records_per_s": counts.replayed / recovering if recovering > 0 else 0.0,
-        "cpu_us_per_record": (done_cpu - app.assigned_cpu) / max(counts.replayed, 1) * 1e6,
+        "cpu_us_per_record": (done_cpu - app.assigned_cpu) / counts.replayed * 1e6
+        if counts.replayed
+        else None,
         "changelog_records": await changelog_records(args, topic),
         "correct": correct,
     }

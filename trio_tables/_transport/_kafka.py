@@ -340,8 +340,14 @@ class KafkaTransport:
             owner = ClientOwner(f"Kafka group consumer {group_id}")
             if s.fetch_client == "confluent-kafka":
                 config.update(MEMBERSHIP_ONLY_CONFIG)
+                # First: a bad confluent_config fails before any client exists.
                 fetcher = await self._librdkafka_fetcher(isolation_level, STREAMING)
-                client = await self._connect(KafkaConsumer, config)
+                try:
+                    client = await self._connect(KafkaConsumer, config)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(fetcher.close)
+                    raise
                 consumer = LibrdkafkaGroupConsumer(
                     owner,
                     client,

@@ -3,24 +3,24 @@ changelog replay for recovery, standby copies, global tables and the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
-import trio
-
-from ._base import TP, Record
+from ._base import TP
 from ._kafka_bridge import ClientOwner
-from ._kafka_consumer import HighWatermarkProbe
+from ._kafka_consumer import HighWatermarkProbe, _KafkaFetching
 from ._librdkafka import Batch, LibrdkafkaFetcher
+from ._retry import RetryPolicy
 
 __all__ = ["ConfluentRestoreConsumer"]
 
 
-class ConfluentRestoreConsumer:
+class ConfluentRestoreConsumer(_KafkaFetching):
     """Implements :class:`~trio_tables._transport._base.RestoreConsumer` on librdkafka.
 
-    Every call runs in a worker thread through the client's :class:`ClientOwner`, one at
-    a time (state changes too: never while a poll is in its thread). End offsets come
-    from the kafka-python high-watermark probe, right on every broker (BROKER.md).
+    Polling, cancellation and closing are the kafka-python consumer's; every call runs
+    in a worker thread through the client's :class:`ClientOwner`, one at a time (state
+    changes too: never while a poll is in its thread). End offsets come from the
+    kafka-python high-watermark probe, right on every broker (BROKER.md).
     """
 
     def __init__(
@@ -30,31 +30,20 @@ class ConfluentRestoreConsumer:
         probe: HighWatermarkProbe,
         *,
         max_poll_records: int,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        self._owner = owner
+        super().__init__(owner, fetcher.consumer, probe, retry=retry)
         self._fetcher = fetcher
-        self._probe = probe
         self._max_poll_records = max(max_poll_records, 1)
 
-    async def poll(
-        self, *, timeout: float = 0.2, max_records: int | None = None
-    ) -> Mapping[TP, Sequence[Record]]:
-        box: list[Batch] = []
-        fetcher = self._fetcher
+    def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
+        return self._fetcher.fetch(timeout, max_records or self._max_poll_records)
 
-        def work() -> None:
-            box.append(fetcher.fetch(timeout, max_records or self._max_poll_records))
+    def _rewind(self, batch: Batch) -> None:
+        self._fetcher.rewind(batch)
 
-        try:
-            await self._owner.run(work)
-            # As the kafka-python consumer: a cancellation that arrived while the thread
-            # ran is delivered here, with the records handed back.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.Cancelled:
-            if box and box[0]:
-                fetcher.rewind(box[0])
-            raise
-        return box[0]
+    def _close_client(self) -> None:
+        self._fetcher.close()
 
     async def seek(self, tp: TP, offset: int) -> None:
         await self._owner.run(self._fetcher.seek, tp, offset)
@@ -67,9 +56,6 @@ class ConfluentRestoreConsumer:
         if not wanted:
             return {}
         return await self._owner.run(self._fetcher.low_watermarks, wanted)
-
-    async def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
-        return await self._probe.end_offsets(tps)
 
     async def assign(self, tps: Iterable[TP]) -> None:
         """Replace the assignment: kept partitions keep their position, new ones start at
@@ -88,16 +74,10 @@ class ConfluentRestoreConsumer:
         return self._fetcher.assignment
 
     async def pause(self, tps: Iterable[TP]) -> None:
-        await self._owner.run(self._fetcher.pause, list(tps))
+        await self._owner.run(self._fetcher.set_paused, self._fetcher.paused | set(tps))
 
     async def resume(self, tps: Iterable[TP]) -> None:
-        await self._owner.run(self._fetcher.resume, list(tps))
+        await self._owner.run(self._fetcher.set_paused, self._fetcher.paused - set(tps))
 
     def paused(self) -> frozenset[TP]:
         return frozenset(self._fetcher.paused)
-
-    async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._owner.closed:
-                await self._owner.run(self._fetcher.close)
-                self._owner.closed = True

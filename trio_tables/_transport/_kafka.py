@@ -445,6 +445,7 @@ class KafkaTransport:
                 fetcher,
                 probe,
                 max_poll_records=max_poll_records,
+                retry=self._retry,
             )
             try:
                 yield consumer

@@ -157,15 +157,7 @@ class _KafkaFetching:
         box: list[Batch] = []
 
         def work() -> None:
-            batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
-            try:
-                self._fix_positions(batch)
-            except Exception:
-                # The broker went away in the middle: fetch these records again on the
-                # next attempt (a retried poll must not skip them).
-                self._rewind(batch)
-                raise
-            box.append(batch)
+            box.append(self._fetch_batch(timeout, max_records))
 
         try:
             # Retried while the broker is unreachable: a failed attempt handed nothing
@@ -181,6 +173,19 @@ class _KafkaFetching:
             raise
         self._after_poll()
         return box[0]
+
+    def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
+        """(Worker thread) One poll's records. A failure hands nothing out and leaves
+        every position where it was (the poll is retried)."""
+        batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
+        try:
+            self._fix_positions(batch)
+        except Exception:
+            # The broker went away in the middle: fetch these records again on the next
+            # attempt (a retried poll must not skip them).
+            self._rewind(batch)
+            raise
+        return batch
 
     def _fix_positions(self, batch: Batch) -> None:
         """Hook for the group consumer, run on the worker thread right after a poll."""

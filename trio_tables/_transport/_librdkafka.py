@@ -157,16 +157,8 @@ class LibrdkafkaFetcher:
         self.positions[tp] = offset
         self._stale = True
 
-    def pause(self, tps: Iterable[TP]) -> None:
-        self.paused.update(set(tps) & self.assignment)
-        self._stale = True
-
-    def resume(self, tps: Iterable[TP]) -> None:
-        self.paused.difference_update(tps)
-        self._stale = True
-
     def set_paused(self, tps: Iterable[TP]) -> None:
-        """Pause exactly ``tps`` (those assigned)."""
+        """Pause exactly ``tps`` (those assigned); the rest fetch."""
         wanted = set(tps) & self.assignment
         if wanted != self.paused:
             self.paused = wanted

@@ -12,12 +12,12 @@ reset policy), as :meth:`KafkaGroupConsumer._fix_positions` does for kafka-pytho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import trio
 
-from ._base import TP, RebalanceListener, Record
+from ._base import TP, RebalanceListener
 from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
 from ._librdkafka import Batch, LibrdkafkaFetcher
@@ -59,13 +59,15 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         self._max_poll_records = max(max_poll_records, 1)
 
     # -- worker-thread side ------------------------------------------------------------
-    def _poll_worker(self, timeout: float, max_records: int) -> Batch:
+    def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
         fetcher = self._fetcher
         # Membership first (rebalances complete here and reach the listener). Without
         # partitions to fetch there is nothing else to wait for.
         self._consumer.poll(timeout_ms=0 if fetcher.assignment else int(timeout * 1000))
         self._follow_assignment()
-        batch = fetcher.fetch(timeout, max_records) if fetcher.assignment else {}
+        if not fetcher.assignment:
+            return {}
+        batch = fetcher.fetch(timeout, max_records or self._max_poll_records)
         owned = self._assignment  # the listener may have revoked some meanwhile
         for tp in [tp for tp in batch if tp not in owned]:
             del batch[tp]
@@ -92,28 +94,7 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         if running := consumer.assignment() - consumer.paused():
             consumer.pause(*running)
 
-    # -- GroupConsumer -------------------------------------------------------------------
-    async def poll(
-        self, *, timeout: float = 0.2, max_records: int | None = None
-    ) -> Mapping[TP, Sequence[Record]]:
-        """As :meth:`KafkaGroupConsumer.poll`. Cancellation: the records a cancelled poll
-        fetched are handed back and returned by the next poll."""
-        box: list[Batch] = []
-        wanted = max_records or self._max_poll_records
-
-        def work() -> None:
-            box.append(self._poll_worker(timeout, wanted))
-
-        try:
-            await self._retry.run("poll", lambda: self._owner.run(work))
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.Cancelled:
-            if box and box[0]:
-                await self._hand_back(box[0])
-            raise
-        self._after_poll()
-        return box[0]
-
+    # -- GroupConsumer (poll, close and the rest: KafkaGroupConsumer) -------------------
     def _rewind(self, batch: Batch) -> None:
         self._fetcher.rewind(batch)
 

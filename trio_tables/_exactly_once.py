@@ -1,6 +1,7 @@
 """The ``exactly_once`` commit path: one Kafka transaction per commit interval.
 
-The manager's producer is transactional (``transactional_id = "{app_id}-{worker_id}"``).
+This is the ``exactly_once`` strategy of the one commit cycle (:mod:`._commit`). The
+manager's producer is transactional (``transactional_id = "{app_id}-{worker_id}"``).
 A transaction is always open while the manager runs; everything produced goes into it:
 changelog records (sent by the commit cycle) and outputs of :meth:`TableManager.send`
 (sent at once). A commit cycle, with the streams held between two events for its whole
@@ -31,13 +32,16 @@ registers its transactional id, before restoring anything (restores and standbys
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ._transport._base import TP, Delivery, Producer
+from ._commit import WorkerHealth, critical_section
+from ._ledger import PartitionLedger
+from ._table import Collection
+from ._transport._base import TP, Delivery, GroupMetadata, OutgoingRecord, Producer
 from .errors import (
     DeliveryFailed,
     ProducerFenced,
@@ -45,9 +49,6 @@ from .errors import (
     TrioTablesError,
     WorkerFenced,
 )
-
-if TYPE_CHECKING:
-    from ._manager import TableManager
 
 __all__ = ["Transactions"]
 
@@ -59,11 +60,28 @@ ABORT_TIMEOUT = 10.0
 
 
 class Transactions:
-    """The transactional side of one :class:`TableManager` (``exactly_once``)."""
+    """The transactional side of one worker: a commit strategy (see
+    :class:`~._commit.CommitStrategy`) and the home of :meth:`send` for outputs."""
 
-    def __init__(self, manager: TableManager, transactional_id: str) -> None:
-        self._manager = manager
+    holds_streams = True
+    commits_offsets = True
+
+    def __init__(
+        self,
+        transactional_id: str,
+        *,
+        tables: Mapping[str, Collection],
+        ledger: PartitionLedger,
+        health: WorkerHealth,
+        group_metadata: Callable[[], Awaitable[GroupMetadata]],
+        on_commit: Callable[[Mapping[TP, int]], Awaitable[None]],
+    ) -> None:
         self.transactional_id = transactional_id
+        self._tables = tables
+        self._ledger = ledger
+        self._health = health
+        self._group_metadata = group_metadata
+        self._on_commit = on_commit
         self._producer: Producer | None = None
         # Held while a transaction ends and the next begins: manager.send() from a task
         # that is not processing an event waits instead of finding no transaction open.
@@ -142,81 +160,75 @@ class Transactions:
             self.outputs_pending += 1
             return delivery
 
-    # -- the commit cycle ------------------------------------------------------------------
-    async def commit_cycle(
-        self, releasing: frozenset[int], grace: float
-    ) -> tuple[dict[TP, int], frozenset[int]]:
-        """One transaction: the source offsets committed with it and the partitions whose
-        event was still in process (then nothing was committed: with ``releasing``
-        partitions, that is an error, the transaction is aborted).
+    # -- the commit strategy ---------------------------------------------------------------
+    async def proceed(self, busy: frozenset[int], releasing: frozenset[int], grace: float) -> bool:
+        """No transaction commits while an event is in process: its outputs may be in
+        the transaction already while its offset is not. Skipped (the next interval
+        tries again), or, when ``releasing`` partitions cannot wait, aborted."""
+        if not busy:
+            return True
+        if releasing:
+            raise await self.failed(
+                RuntimeError(
+                    f"an event of partitions {sorted(busy)} was still in process after "
+                    f"{grace:g}s while its partitions were being released"
+                )
+            )
+        logger.debug("%s: commit skipped, events in process", self.transactional_id)
+        return False
 
-        Cancellation: the transactional steps run shielded; cancelled while waiting for
-        events to finish, nothing happened. Any failure after the first record was sent
-        aborts the transaction, discards the interval's local changes and raises
-        (:class:`WorkerFenced` or :class:`TransactionAborted`); the manager then stops.
-        """
-        manager = self._manager
+    async def deliver(
+        self, records: Sequence[OutgoingRecord], offsets: Mapping[TP, int], deadline: float
+    ) -> list[Delivery]:
+        """One transaction: the changelog records, the outputs sent meanwhile and the
+        source offsets, committed together; the next one begins. The Kafka steps run in
+        critical sections; ``on_commit`` (the user's hook) may be cancelled, which
+        aborts the transaction like any failure."""
         producer = self._producer
         assert producer is not None
-        if manager._stopping_on_error():  # failed while this cycle waited for the lock
-            return {}, frozenset()
-        included = manager._ready | releasing
-        async with manager._quiesced(grace) as busy:
-            if busy:
-                # An event in process may have sent outputs into this transaction already;
-                # committing now would commit them without the event's offset.
-                if releasing:
-                    await self._fail(
-                        RuntimeError(
-                            f"an event of partitions {sorted(busy)} was still in process "
-                            f"after {grace:g}s while its partitions were being released"
-                        )
-                    )
-                logger.debug("%s: commit skipped, events in process", manager.app_id)
-                return {}, busy
-            snapshot = {
-                tp: offset for tp, offset in manager._processed.items() if tp.partition in included
-            }
-            offsets = manager._offsets_to_commit(snapshot, manager._supervisor.assigned)
-            taken = [(table, table.take_changes()[0]) for table in manager.tables.values()]
-            records = [record for _, table_records in taken for record in table_records]
-            deliveries: list[Delivery] = []
-            if records or offsets or self.outputs_pending:
-                try:
-                    with trio.CancelScope(shield=True):
-                        if records:
-                            deliveries = await producer.send_batch(records)
-                        await producer.flush()
-                        if offsets:
-                            consumer = manager._consumer
-                            if consumer is None:
-                                raise RuntimeError("the group was left before the commit")
-                            metadata = await consumer.group_metadata()
-                            await producer.send_offsets_to_transaction(offsets, metadata)
-                    await manager.on_commit(offsets)
-                    with trio.CancelScope(shield=True):
-                        async with self._switch:
-                            self._open = False
-                            await self._call(producer.commit_transaction)
-                            self.outputs_pending = 0
-                            self.committed += 1
-                            await self._call(producer.begin_transaction)
-                            self._open = True
-                except BaseException as exc:
-                    await self._fail(exc)
-        manager._committed.update(offsets)
-        await manager._persist(taken, deliveries, snapshot)
-        return offsets, busy
+        deliveries: list[Delivery] = []
+        if not (records or offsets or self.outputs_pending):
+            return deliveries
+        with critical_section(deadline):
+            if records:
+                deliveries = await producer.send_batch(records)
+            await producer.flush()
+            if offsets:
+                metadata = await self._group_metadata()
+                await producer.send_offsets_to_transaction(offsets, metadata)
+        await self._on_commit(offsets)
+        with critical_section(deadline):
+            async with self._switch:
+                self._open = False
+                await self._call(producer.commit_transaction)
+                self.outputs_pending = 0
+                self.committed += 1
+                await self._call(producer.begin_transaction)
+                self._open = True
+        return deliveries
+
+    async def failed(self, exc: BaseException) -> BaseException:
+        """Crash-only rollback: forget the interval locally, abort it, stop committing;
+        the typed error to raise (``Cancelled`` and fencing pass through as they are)."""
+        self._health.fail()
+        self._discard_local_changes()
+        await self._abort_quietly()
+        if isinstance(exc, (WorkerFenced, trio.Cancelled)):
+            return exc
+        if isinstance(exc, ProducerFenced) or (
+            isinstance(exc, DeliveryFailed) and "ProducerFenced" in repr(exc.__cause__)
+        ):
+            return WorkerFenced(self.transactional_id, str(exc))
+        logger.error("%s: transaction aborted: %r", self.transactional_id, exc)
+        return TransactionAborted(self.transactional_id, exc)
 
     async def roll_back(self, partitions: frozenset[int]) -> None:
         """``partitions`` were lost (this member was evicted): abort what the open
         transaction holds and drop every uncommitted local change. Partitions still
         active here would then have processed events that nothing records: the worker
         stops (:class:`TransactionAborted`)."""
-        manager = self._manager
-        still_active = manager._ready - partitions
-        if still_active:
-            await self._fail(
+        if self._ledger.ready - partitions:
+            raise await self.failed(
                 RuntimeError(f"partitions {sorted(partitions)} were lost while others stay")
             )
         self._discard_local_changes()
@@ -229,20 +241,5 @@ class Transactions:
                 self._open = True
 
     def _discard_local_changes(self) -> None:
-        for table in self._manager.tables.values():
+        for table in self._tables.values():
             table.discard_uncommitted(table.uncommitted_partitions())
-
-    async def _fail(self, exc: BaseException) -> None:
-        """Crash-only rollback: forget the interval locally, abort it, stop committing
-        and raise the typed error (``Cancelled`` and fencing pass through as they are)."""
-        self._manager._failing = True
-        self._discard_local_changes()
-        await self._abort_quietly()
-        if isinstance(exc, (WorkerFenced, trio.Cancelled)):
-            raise exc
-        if isinstance(exc, ProducerFenced) or (
-            isinstance(exc, DeliveryFailed) and "ProducerFenced" in repr(exc.__cause__)
-        ):
-            raise WorkerFenced(self.transactional_id, str(exc)) from exc
-        logger.error("%s: transaction aborted: %r", self.transactional_id, exc)
-        raise TransactionAborted(self.transactional_id, exc) from exc

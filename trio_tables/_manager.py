@@ -1,27 +1,29 @@
-"""``TableManager``: the root nursery of an application's tables.
+"""``TableManager``: the root nursery of an application's tables, and its public API.
 
 Task tree (one nursery, owned by the ``async with TableManager(...)`` block)::
 
     manager nursery
-    ├── group consumer task   polls source topics, feeds streams, pauses full partitions,
-    │                         runs commit requests between polls
-    ├── recovery supervisor   one task per assignment: restore every table, then release
-    │                         the partitions to the streams
-    ├── committer             every commit_interval: commit cycle, then commit offsets
-    └── per table: run_table  the table's nursery (recovery task with a restore consumer)
+    ├── group task            _group.GroupMembership: polls source topics, feeds streams,
+    │                         pauses full partitions, commits offsets between polls;
+    │                         revocations run inside its poll (_rebalance)
+    ├── recovery supervisor   _rebalance.RebalanceSupervisor.run: one task per
+    │                         assignment: restore every table, then release the
+    │                         partitions to the streams
+    ├── committer             every commit_interval: _commit.CommitCycle, then the
+    │                         offsets go to the group task
+    └── per table: run_table  _recovery: the table's nursery (recovery task, changelog
+                              consumer task)
 
-A *commit cycle* pauses the streams between two events (so no event is half applied),
-takes the changed keys of every table and the processed source offsets, lets the streams
-go on, sends the changes to the changelog, waits for the acknowledgements, writes them
-to the stores with the changelog offsets and the source offsets, and finally commits the
-source offsets (at least once: an offset is committed only after the effects of every
-event before it are acknowledged and persisted).
+The manager wires these owners together and keeps the lifecycle, the table registry
+(:mod:`._registry`) and the public API; each concern lives in its own module with the
+state it owns: processed/committed offsets in :mod:`._ledger`, the streams' hold and
+flow control in :mod:`._flow`, the commit cycle in :mod:`._commit` (with
+:mod:`._exactly_once` as its transactional strategy).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,15 +35,19 @@ import trio
 from ._assignor import KeyMetadata, TablesAssignor
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, RawCodec, resolve_codec
+from ._commit import AtLeastOnce, CommitCycle, CommitStrategy, WorkerHealth
 from ._exactly_once import Transactions
-from ._rebalance import Assignment, RebalanceSupervisor
-from ._recovery import RecoveryStatus, TableMessage, run_table
+from ._flow import StreamFlow
+from ._group import GroupMembership
+from ._ledger import PartitionLedger
+from ._rebalance import RebalanceSupervisor
+from ._recovery import RecoveryStatus
+from ._registry import TableRegistry
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
     Collection,
     GlobalSetTable,
     GlobalTable,
-    RecoveryRequest,
     SetTable,
     StandbyUpdate,
     Table,
@@ -50,14 +56,11 @@ from ._transport import open_transport
 from ._transport._base import (
     TP,
     Delivery,
-    GroupConsumer,
     IsolationLevel,
-    OutgoingRecord,
     Producer,
     RebalanceProtocol,
     Transport,
 )
-from .errors import CommitFailed, PartitionCountMismatch, UnknownTopic
 
 __all__ = ["TableManager"]
 
@@ -125,6 +128,7 @@ class TableManager:
         revoke_timeout: float = 60.0,
         event_grace: float = 0.5,
         shutdown_timeout: float = 60.0,
+        commit_timeout: float = 300.0,
         poll_timeout: float = 0.1,
         advertised_host: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
@@ -148,8 +152,10 @@ class TableManager:
         self.revoke_timeout = revoke_timeout
         self.event_grace = event_grace
         self.shutdown_timeout = shutdown_timeout
+        self.commit_timeout = commit_timeout
         self.poll_timeout = poll_timeout
         self.transport_options = dict(transport_options or {})
+        self.advertised_host = advertised_host
         self.logger = logger
         # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
         # stable worker_id lets a restarted worker fence its zombie at once (and abort
@@ -157,54 +163,83 @@ class TableManager:
         # commits but its open transaction blocks read_committed readers until it
         # times out on the broker.
         self.worker_id = worker_id if worker_id is not None else uuid.uuid4().hex[:12]
-        self._transactions: Transactions | None = (
-            Transactions(self, f"{app_id}-{self.worker_id}")
-            if processing_guarantee == "exactly_once"
-            else None
-        )
 
-        self.tables: dict[str, Collection] = {}
-        self._table_channels: dict[str, trio.MemorySendChannel[TableMessage]] = {}
-        self._table_started: dict[str, trio.Event] = {}
-        self._table_ready: dict[str, trio.Event] = {}
-        self._changelogs_ready: set[str] = set()
-        self._changelog_locks: dict[str, trio.Lock] = {}
-        self._streams: dict[str, Stream] = {}
-        self._partition_count: int | None = None
-
-        self._processed: dict[TP, int] = {}
-        self._committed: dict[TP, int] = {}
-        self._ready: set[int] = set()
-        self._hold: trio.Event | None = None
-        self._commit_lock = trio.Lock()
-        self._commit_requests: list[tuple[dict[TP, int], trio.Event]] = []
-        self._persisted_sources: dict[int, dict[str, int]] = {}
-        self._to_pause: set[TP] = set()
-        self._to_resume: set[TP] = set()
-        self._recovery_event = trio.Event()
-        self._failing = False
-        self._events_since_take = 0
-        self._cycle_done: trio.Event | None = None
-
-        self.advertised_host = advertised_host
+        # The owners (one concern each), wired together here.
+        self._registry = TableRegistry(changelog_replication_factor=changelog_replication_factor)
+        self.tables = self._registry.tables
+        self._ledger = PartitionLedger()
+        self._flow = StreamFlow(self._ledger, max_commit_backlog=self.max_commit_backlog)
+        self._health = WorkerHealth()
+        self._transactions: Transactions | None = None
+        strategy: CommitStrategy = AtLeastOnce(self._the_producer)
+        if processing_guarantee == "exactly_once":
+            self._transactions = Transactions(
+                f"{app_id}-{self.worker_id}",
+                tables=self.tables,
+                ledger=self._ledger,
+                health=self._health,
+                group_metadata=self._group_metadata,
+                on_commit=self.on_commit,
+            )
+            strategy = self._transactions
         self._assignor = TablesAssignor(standby_replicas=standby_replicas, host=advertised_host)
-        self._assignor.freshness = self._freshness
-        self._standbys: frozenset[int] = frozenset()
-        self._supervisor = RebalanceSupervisor(self)
-        self._assignments_send, self._assignments_receive = trio.open_memory_channel[Assignment](
-            math.inf
+        self._assignor.freshness = self._registry.freshness
+        self._cycle = CommitCycle(
+            tables=self.tables,
+            ledger=self._ledger,
+            flow=self._flow,
+            health=self._health,
+            strategy=strategy,
+            assigned=self._assigned,
+            event_grace=event_grace,
+            commit_timeout=commit_timeout,
+            app_id=app_id,
+        )
+        self._supervisor = RebalanceSupervisor(
+            app_id,
+            registry=self._registry,
+            ledger=self._ledger,
+            flow=self._flow,
+            cycle=self._cycle,
+            health=self._health,
+            assignor=self._assignor,
+            hooks=self,
+            committed=self._committed_offsets,
+            transactions=self._transactions,
+            revoke_timeout=revoke_timeout,
+        )
+        self._membership = GroupMembership(
+            app_id,
+            listener=self._supervisor,
+            assignors=[self._assignor],
+            rebalance_protocol=rebalance_protocol,
+            isolation_level=self.isolation_level,
+            poll_timeout=poll_timeout,
+            flow=self._flow,
+            ledger=self._ledger,
+            on_commit_tp=self.on_commit_tp,
         )
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
         self._nursery: trio.Nursery | None = None
-        self._consumer: GroupConsumer | None = None
-        self._group_topics: frozenset[str] = frozenset()
-        self._group_stop = trio.Event()
-        self._group_done: trio.Event | None = None
         # asyncio callbacks and run_asyncio(): a trio-asyncio loop opened on first use.
         self._asyncio = AsyncioLoop()
         self._asyncio_token: Any = None
+
+    # -- wiring (narrow callables handed to the owners) ---------------------------------
+    def _the_producer(self) -> Producer:
+        assert self._producer is not None, "the manager is not running"
+        return self._producer
+
+    def _assigned(self) -> frozenset[TP]:
+        return self._supervisor.assigned
+
+    async def _group_metadata(self) -> Any:
+        return await self._membership.group_metadata()
+
+    async def _committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None] | None:
+        return await self._membership.committed(tps)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> TableManager:
@@ -218,16 +253,17 @@ class TableManager:
             )
             if self._transactions is not None:
                 await stack.enter_async_context(self._transactions.running(self._producer))
-            stack.callback(self._close_tables)
+            stack.callback(self._registry.close)
             self._nursery = await stack.enter_async_context(trio.open_nursery())
         except BaseException:
             await stack.aclose()
             raise
         self._stack = stack
+        self._health.scope = self._nursery.cancel_scope
         self._asyncio.attach(self._nursery)
         self._asyncio_token = set_current_asyncio_loop(self._asyncio)
         self._nursery.start_soon(self._committer)
-        self._nursery.start_soon(self._recovery_supervisor)
+        self._nursery.start_soon(self._supervisor.run, self._nursery)
         for table in self.tables.values():
             self._nursery.start_soon(self._start_table, table)
         await self.on_start()
@@ -244,17 +280,17 @@ class TableManager:
         try:
             if exc is None:
                 with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
-                    await self._stop_group()
+                    await self._membership.leave()
                     await self.on_stop()
-                    if self._transactions is not None and not self._stopping_on_error():
+                    if self._transactions is not None and not self._health.failing():
                         # Outputs and changes since the group was left.
-                        async with self._commit_lock:
-                            await self._commit_cycle(frozenset())
+                        async with self._cycle.lock:
+                            await self._cycle.run()
             else:
-                self._failing = True
+                self._health.fail()
             self._nursery.cancel_scope.cancel()
         except BaseException as shutdown_error:
-            self._failing = True
+            self._health.fail()
             self._nursery.cancel_scope.cancel()
             exc_type, exc, tb = type(shutdown_error), shutdown_error, shutdown_error.__traceback__
         try:
@@ -281,11 +317,9 @@ class TableManager:
     def isolation_level(self) -> IsolationLevel:
         """How this app reads sources and changelogs (``read_committed`` under
         ``exactly_once``: records of aborted transactions are never applied)."""
-        return "read_uncommitted" if self._transactions is None else "read_committed"
-
-    def _close_tables(self) -> None:
-        for table in self.tables.values():
-            table.close()
+        if self.processing_guarantee == "exactly_once":
+            return "read_committed"
+        return "read_uncommitted"
 
     async def on_start(self) -> None:
         """Hook: called when the manager has started (override in a subclass)."""
@@ -321,11 +355,7 @@ class TableManager:
     def add(self, table: Collection) -> Collection:
         """Register ``table``. While the manager runs, the table starts at once and is
         recovered for the partitions this worker owns, without a group rebalance."""
-        if table.name in self.tables:
-            raise ValueError(f"a table named {table.name!r} already exists")
-        self.tables[table.name] = table
-        self._table_started[table.name] = trio.Event()
-        self._table_ready[table.name] = trio.Event()
+        self._registry.register(table)
         if self._nursery is not None:
             self._nursery.start_soon(self._start_table, table)
         return table
@@ -333,106 +363,39 @@ class TableManager:
     async def _start_table(self, table: Collection) -> None:
         assert self._nursery is not None
         assert self._transport is not None
-        channel = await self._nursery.start(
-            run_table, table, self._transport, self._committed_sources, self.commit_interval
+        registry = self._registry
+        channel = await registry.open(
+            self._nursery,
+            table,
+            self._transport,
+            self._membership.committed_sources,
+            self.commit_interval,
         )
-        self._table_channels[table.name] = channel
         await table.on_start()
         if table.is_global:
-            await self._start_global_table(table, channel)
-            self._table_started[table.name].set()
-            self._table_ready[table.name].set()
+            await registry.start_global(self._transport, table, channel)
+            registry.mark_started(table)
+            registry.mark_ready(table)
             return
-        if self._standbys:
-            channel.send_nowait(StandbyUpdate(self._standbys))
-        if self._partition_count is not None:
-            await self._ensure_changelog(table, self._partition_count)
-        self._table_started[table.name].set()
-        if self._ready:
-            await self._recover_new_table(table)
-        self._table_ready[table.name].set()
-
-    async def _start_global_table(
-        self, table: Collection, channel: trio.MemorySendChannel[TableMessage]
-    ) -> None:
-        """A global table tails every partition of its changelog from now on."""
-        assert self._transport is not None
-        count = table.partitions
-        if count is None:
-            try:
-                topic = await self._transport.describe_topic(table.changelog_topic_name)
-                count = topic.partitions
-            except UnknownTopic:
-                count = self._partition_count or 1
-        await self._ensure_changelog(table, count)
-        assert isinstance(table, GlobalTable)
-        table.open_all_partitions(count)
-        channel.send_nowait(StandbyUpdate(frozenset(range(count))))
-
-    async def _recover_new_table(self, table: Collection) -> None:
-        """Recover a table added while partitions are being processed. Those partitions
-        stop handing out events until the new table has them (an event already in
-        process goes on: it may be the one waiting for this table)."""
-        assert self._consumer is not None
-        partitions = frozenset(self._ready)
-        tps = frozenset(tp for tp in self._supervisor.assigned if tp.partition in partitions)
-        for stream in self._streams.values():
-            for partition in partitions:
-                stream.unready(partition)
-        try:
-            committed = await self._consumer.committed(tps)
-            request = RecoveryRequest(partitions, committed)
-            await self._table_channels[table.name].send(request)
-            await request.done.wait()
-            if request.error is not None:
-                raise request.error
-            still_ready = partitions & self._ready
-            if request.completed:
-                table.activate(still_ready)
-                await table.on_recovery_completed(still_ready)
-        finally:
-            for stream in self._streams.values():
-                for tp in tps:
-                    if tp.topic == stream.topic and tp.partition in self._ready:
-                        stream.set_ready(tp.partition)
-            self._recovery_changed()
-
-    async def _ensure_changelog(self, table: Collection, count: int) -> None:
-        """Create the table's changelog with ``count`` partitions, or check that it has
-        them. Concurrent calls for one table (a stream opening while the table starts)
-        run one after the other; the second finds the work done."""
-        assert self._transport is not None
-        async with self._changelog_locks.setdefault(table.name, trio.Lock()):
-            if table.name not in self._changelogs_ready:
-                await self._create_changelog(table, count)
-
-    async def _create_changelog(self, table: Collection, count: int) -> None:
-        assert self._transport is not None
-        if table.partitions is not None and table.partitions != count:
-            raise PartitionCountMismatch(
-                table.changelog_topic_name,
-                expected=count,
-                actual=table.partitions,
-                reason=f"table {table.name!r} declares partitions={table.partitions} but the "
-                f"source topics have {count}; tables are co-partitioned with their source",
-            )
-        configs = {"cleanup.policy": "compact", **table.extra_topic_configs}
-        await self._transport.create_topic(
-            table.changelog_topic_name,
-            count,
-            replication_factor=self.changelog_replication_factor,
-            configs=configs,
-        )
-        table.partitions = count
-        self._changelogs_ready.add(table.name)
+        if self._supervisor.standbys:
+            channel.send_nowait(StandbyUpdate(self._supervisor.standbys))
+        if registry.partition_count is not None:
+            await registry.ensure_changelog(self._transport, table, registry.partition_count)
+        registry.mark_started(table)
+        await self._supervisor.recover_new_table(table)
+        registry.mark_ready(table)
 
     async def wait_until_tables_registered(self) -> None:
-        """Wait until every registered table's nursery has started."""
-        for event in list(self._table_started.values()):
-            await event.wait()
+        """Wait until every registered table's nursery has started.
+        Cancellation: safe, nothing is waiting on the caller."""
+        await self._registry.wait_until_started()
 
-    async def _table_entered(self, table: Collection) -> None:
-        await self._table_ready[table.name].wait()
+    async def wait_until_table_ready(self, table: Collection) -> None:
+        """Wait until ``table`` runs and is usable here: a global table has read up to
+        the end offsets seen when it started; outside an event, every assigned
+        partition is recovered. (What ``async with table`` waits for.)
+        Cancellation: safe, nothing is waiting on the caller."""
+        await self._registry.wait_until_ready(table)
         if table.is_global:
             await table.wait_caught_up()
         elif current_event.get() is None:
@@ -462,96 +425,42 @@ class TableManager:
         event in progress. Cancellation while joining: nothing was consumed.
         """
         assert self._transport is not None, "use the stream inside `async with manager`"
-        if topic in self._streams:
+        streams = self._flow.streams
+        if topic in streams:
             raise ValueError(f"topic {topic!r} already has a stream in this manager")
-        description = await self._transport.describe_topic(topic)
-        count = description.partitions
-        if self._partition_count is not None and count != self._partition_count:
-            raise PartitionCountMismatch(
-                topic,
-                expected=self._partition_count,
-                actual=count,
-                reason="all source topics of an app must have the same partition count",
-            )
-        # The partition count becomes the app's only once every changelog agrees with it
-        # (a table started meanwhile sees no count and is checked by this loop instead).
-        while pending := [
-            t
-            for t in self.tables.values()
-            if not t.is_global and t.name not in self._changelogs_ready
-        ]:
-            for table in pending:
-                await self._ensure_changelog(table, count)
-        self._partition_count = count
+        await self._registry.co_partition(self._transport, topic)
         stream = Stream(
-            self,
+            self._flow,
             topic,
             key_codec=resolve_codec(key_serializer, key_type, default="raw"),
             value_codec=resolve_codec(value_serializer, value_type, default="json"),
             on_decode_error=on_decode_error,
             buffer_size=buffer_size or self.stream_buffer_size,
         )
-        self._streams[topic] = stream
+        streams[topic] = stream
         try:
-            await self._subscribe(self._group_topics | {topic})
+            await self._subscribe(self._membership.topics | {topic})
             yield stream
         except BaseException:
             # The event in progress did not finish: it is not processed, and the changes
             # it made so far must never reach a store or a commit. The manager stops
             # committing (leave its block too); the next owner processes the event again.
-            self._failing = True
+            self._health.fail()
             stream.abort()
-            self._streams.pop(topic, None)
+            streams.pop(topic, None)
             raise
         stream.close()
-        self._streams.pop(topic, None)
+        streams.pop(topic, None)
         # Re-join without this topic (leave the group if it was the last stream): the
         # revocation commits what was processed, and records fetched for the stream but
         # not processed go to whoever consumes the topic next.
-        await self._subscribe(self._group_topics - {topic})
+        await self._subscribe(self._membership.topics - {topic})
 
-    def _event_processed(self, tp: TP, offset: int) -> None:
-        self._processed[tp] = offset + 1
-        self._events_since_take += 1
+    async def _subscribe(self, topics: frozenset[str]) -> None:
+        assert self._nursery is not None
+        assert self._transport is not None
+        await self._membership.subscribe(self._nursery, self._transport, topics)
 
-    async def _between_events(self) -> None:
-        """Called by streams every few events: lets other tasks run, and holds the
-        stream while a commit cycle is sending and persisting and ``max_commit_backlog``
-        events were processed since it took its changes (bounds the memory that changes
-        waiting for the next cycle take when the changelog is slower than processing,
-        e.g. a new key per event). Cancellation: nothing is lost (no event is held)."""
-        done = self._cycle_done
-        if done is not None and self._events_since_take >= self.max_commit_backlog:
-            await done.wait()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    def _stream_has_room(self, topic: str, partition: int) -> None:
-        self._to_resume.add(TP(topic, partition))
-
-    async def _wait_for_hold(self) -> None:
-        while self._hold is not None:
-            await self._hold.wait()
-
-    @asynccontextmanager
-    async def _quiesced(self, grace: float) -> AsyncIterator[frozenset[int]]:
-        """Streams hand out no new event for the block; before it, events in process get
-        ``grace`` seconds to finish. Yields the partitions whose event is still in process
-        (a task may hold an event indefinitely: those partitions sit out this commit)."""
-        hold = trio.Event()
-        self._hold = hold
-        try:
-            with trio.move_on_after(grace):
-                for stream in list(self._streams.values()):
-                    await stream.wait_idle()
-            yield frozenset(
-                stream.current.partition
-                for stream in self._streams.values()
-                if stream.current is not None
-            )
-        finally:
-            self._hold = None
-            hold.set()
 
     # -- asyncio ----------------------------------------------------------------------------
     async def run_asyncio(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -601,110 +510,6 @@ class TableManager:
             topic, value_bytes, key=key_bytes, partition=partition, headers=headers
         )
 
-    # -- group membership ------------------------------------------------------------------
-    async def _subscribe(self, topics: frozenset[str]) -> None:
-        """(Re-)join the group for ``topics``; leave it when ``topics`` is empty."""
-        assert self._nursery is not None
-        if topics == self._group_topics and self._group_done is not None:
-            return
-        await self._stop_group()
-        self._group_topics = topics
-        if not topics:
-            return
-        self._group_stop = trio.Event()
-        self._group_done = trio.Event()
-        await self._nursery.start(self._group_task, topics, self._group_done)
-
-    async def _stop_group(self) -> None:
-        if self._group_done is not None:
-            self._group_stop.set()
-            await self._group_done.wait()
-            self._group_done = None
-            self._group_topics = frozenset()
-
-    async def _group_task(
-        self,
-        topics: frozenset[str],
-        done: trio.Event,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        assert self._transport is not None
-        try:
-            async with self._transport.open_group_consumer(
-                self.app_id,
-                sorted(topics),
-                listener=self._supervisor,
-                assignors=[self._assignor],
-                rebalance_protocol=self.rebalance_protocol,
-                isolation_level=self.isolation_level,
-            ) as consumer:
-                self._consumer = consumer
-                task_status.started()
-                while not self._group_stop.is_set():
-                    await self._serve_commit_requests(consumer)
-                    await self._flow_control(consumer)
-                    batch = await consumer.poll(timeout=self.poll_timeout)
-                    for tp, records in batch.items():
-                        stream = self._streams.get(tp.topic)
-                        if stream is None or stream.closed or not records:
-                            continue
-                        stream.feed(tp.partition, list(records))
-                        if stream.buffered(tp.partition) >= stream.buffer_size:
-                            self._to_pause.add(tp)
-                # Leaving the block revokes everything through the supervisor, which
-                # commits (unless the manager is failing) before the group is left.
-        finally:
-            self._consumer = None
-            for _, event in self._commit_requests:
-                event.set()
-            self._commit_requests.clear()
-            done.set()
-
-    async def _flow_control(self, consumer: GroupConsumer) -> None:
-        assigned = consumer.assignment()
-        if self._to_pause:
-            pause = (self._to_pause & assigned) - consumer.paused()
-            self._to_pause.clear()
-            if pause:
-                await consumer.pause(pause)
-        if self._to_resume:
-            resume = self._to_resume & consumer.paused()
-            self._to_resume.clear()
-            if resume:
-                await consumer.resume(resume)
-
-    async def _serve_commit_requests(self, consumer: GroupConsumer) -> None:
-        while self._commit_requests:
-            offsets, done = self._commit_requests.pop(0)
-            try:
-                await self._commit_filtered(consumer, offsets)
-            finally:
-                done.set()
-
-    def _offsets_to_commit(
-        self, offsets: Mapping[TP, int], assigned: frozenset[TP] | set[TP]
-    ) -> dict[TP, int]:
-        """The ``offsets`` of partitions still assigned that move past the last commit."""
-        return {
-            tp: offset
-            for tp, offset in offsets.items()
-            if tp in assigned and offset > self._committed.get(tp, -1)
-        }
-
-    async def _commit_filtered(self, consumer: GroupConsumer, offsets: Mapping[TP, int]) -> None:
-        wanted = self._offsets_to_commit(offsets, consumer.assignment())
-        if not wanted:
-            return
-        try:
-            await consumer.commit(wanted)
-        except CommitFailed as exc:
-            logger.warning("%s: %s", self.app_id, exc)
-            return
-        self._committed.update(wanted)
-        for tp in sorted(wanted):
-            await self.on_commit_tp(tp)
-
     # -- commits ---------------------------------------------------------------------------
     async def _committer(self) -> None:
         deadline = trio.current_time()
@@ -720,26 +525,23 @@ class TableManager:
         to finish). Cancellation: a cycle interrupted after the changelog was sent leaves
         the changes to the next cycle; nothing is committed that was not persisted.
         """
-        if self._stopping_on_error():
+        if self._health.failing():
             return
         if current_event.get() is not None:
             raise RuntimeError(
                 "manager.commit() was called while processing an event; commits happen "
                 "between events (every commit_interval, and on rebalance and shutdown)"
             )
-        if self._consumer is None or self._transactions is not None:
-            async with self._commit_lock:
-                offsets, _ = await self._commit_cycle(frozenset())
-            for tp in sorted(offsets):  # exactly_once: committed with the transaction
+        async with self._cycle.lock:
+            result = await self._cycle.run()
+        if self._transactions is not None:  # committed with the transaction
+            for tp in sorted(result.offsets):
                 await self.on_commit_tp(tp)
             return
-        async with self._commit_lock:
-            offsets, _ = await self._commit_cycle(frozenset())
-        await self.on_commit(offsets)
-        if offsets and self._consumer is not None:
-            done = trio.Event()
-            self._commit_requests.append((offsets, done))
-            await done.wait()
+        if self._membership.consumer is None:  # no stream: nothing to commit
+            return
+        await self.on_commit(result.snapshot)
+        await self._membership.commit(result.snapshot)
 
     async def on_commit(self, offsets: Mapping[TP, int]) -> None:
         """Hook: called with the offsets about to be committed. Under ``at_least_once``
@@ -791,12 +593,12 @@ class TableManager:
     @property
     def actives_ready(self) -> bool:
         """Whether every assigned partition is recovered by every table."""
-        return self._fully_recovered()
+        return self._supervisor.fully_recovered()
 
     @property
     def standbys_ready(self) -> bool:
         """Whether every table's standby copies (and global tables) have caught up."""
-        return all(table._tailer_caught_up.is_set() for table in self.tables.values())
+        return all(table.standbys_caught_up for table in self.tables.values())
 
     @property
     def recovery(self) -> RecoveryStatus:
@@ -807,247 +609,10 @@ class TableManager:
             self.actives_ready,
         )
 
-    async def _commit_cycle(
-        self, releasing: frozenset[int], *, grace: float | None = None
-    ) -> tuple[dict[TP, int], frozenset[int]]:
-        """Send, acknowledge and persist the tables' changes; the source offsets that may
-        now be committed, and the partitions left out because an event of theirs was
-        still being processed (their changes wait for the next cycle)."""
-        assert self._producer is not None
-        included = self._ready | releasing
-        for table in list(self.tables.values()):
-            # Windows closed now are committed with the changes that closed them (in the
-            # same transaction under exactly_once, final results included).
-            await table.close_expired_windows(included)
-        if self._transactions is not None:
-            grace = self.event_grace if grace is None else grace
-            return await self._transactions.commit_cycle(releasing, grace)
-        async with self._quiesced(self.event_grace if grace is None else grace) as busy:
-            snapshot = {
-                tp: o
-                for tp, o in self._processed.items()
-                if tp.partition in included and tp.partition not in busy
-            }
-            taken = [(table, table.take_changes(busy)[0]) for table in self.tables.values()]
-            self._events_since_take = 0
-        cycle_done = self._cycle_done = trio.Event()
-        try:
-            return await self._send_and_persist(taken, snapshot, busy)
-        finally:
-            self._cycle_done = None
-            cycle_done.set()
-
-    async def _send_and_persist(
-        self,
-        taken: list[tuple[Collection, list[Any]]],
-        snapshot: dict[TP, int],
-        busy: frozenset[int],
-    ) -> tuple[dict[TP, int], frozenset[int]]:
-        assert self._producer is not None
-        records = [record for _, table_records in taken for record in table_records]
-        deliveries = await self._producer.send_batch(records) if records else []
-        await self._producer.flush()
-        await self._persist(taken, deliveries, snapshot)
-        return snapshot, busy
-
-    async def _persist(
-        self,
-        taken: list[tuple[Collection, list[OutgoingRecord]]],
-        deliveries: list[Delivery],
-        snapshot: Mapping[TP, int],
-    ) -> None:
-        """Write the changes ``taken`` to the stores with the last acknowledged changelog
-        offset of each partition (``deliveries``, in the order of ``taken``) and the
-        source offsets of ``snapshot``."""
-        last_offsets: dict[str, dict[int, int]] = {}
-        position = 0
-        for table, table_records in taken:
-            offsets = last_offsets.setdefault(table.name, {})
-            for delivery in deliveries[position : position + len(table_records)]:
-                metadata = delivery.result()
-                if metadata.offset > offsets.get(metadata.partition, -1):
-                    offsets[metadata.partition] = metadata.offset
-            position += len(table_records)
-        sources: dict[int, dict[str, int]] = {}
-        for tp, offset in snapshot.items():
-            sources.setdefault(tp.partition, {})[tp.topic] = offset
-        changed_sources = {p: s for p, s in sources.items() if self._persisted_sources.get(p) != s}
-        for table in self.tables.values():
-            args = (last_offsets.get(table.name, {}), changed_sources)
-            if table.data.persistent:
-                await trio.to_thread.run_sync(table.persist, *args)
-            else:
-                table.persist(*args)
-        self._persisted_sources.update(changed_sources)
-
-    # -- rebalances (called by the supervisor) ----------------------------------------------
-    async def _release(self, partitions: frozenset[int], *, commit: bool) -> dict[TP, int] | None:
-        for stream in self._streams.values():
-            for partition in partitions:
-                stream.unready(partition)
-        releasing = frozenset(partitions & self._ready)
-        self._ready -= partitions
-        offsets: dict[TP, int] | None = None
-        try:
-            if commit and not self._stopping_on_error():
-                async with self._commit_lock:
-                    snapshot, busy = await self._commit_cycle(releasing, grace=self.revoke_timeout)
-                # An event still in process after revoke_timeout: its partition's changes
-                # are dropped and the new owner processes the event again.
-                for table in self.tables.values():
-                    table.discard_uncommitted(busy & partitions)
-                offsets = self._offsets_to_commit(snapshot, self._supervisor.assigned)
-                self._committed.update(offsets)
-                if self._transactions is not None:
-                    offsets = None  # committed with the transaction (on_commit was called)
-                else:
-                    await self.on_commit(offsets)
-            else:
-                async with self._quiesced(self.event_grace):
-                    pass
-                for table in self.tables.values():
-                    table.discard_uncommitted(partitions)
-                if self._transactions is not None and not self._stopping_on_error():
-                    await self._transactions.roll_back(partitions)
-        finally:
-            for table in self.tables.values():
-                table.deactivate(partitions)
-            for stream in self._streams.values():
-                for partition in partitions:
-                    stream.drop(partition)
-            for tp in [tp for tp in self._processed if tp.partition in partitions]:
-                del self._processed[tp]
-            for tp in [tp for tp in self._committed if tp.partition in partitions]:
-                del self._committed[tp]
-            for partition in partitions:
-                self._persisted_sources.pop(partition, None)
-        return offsets
-
-    def _stopping_on_error(self) -> bool:
-        """Whether work is being cancelled because something failed (commits are off).
-        A clean shutdown leaves the group before the manager's nursery is cancelled."""
-        return self._failing or (
-            self._nursery is not None and self._nursery.cancel_scope.cancel_called
-        )
-
-    async def _recovery_supervisor(self) -> None:
-        assert self._nursery is not None
-        async for assignment in self._assignments_receive:
-            self._nursery.start_soon(self._recover_assignment, assignment)
-
-    async def _recover_assignment(self, assignment: Assignment) -> None:
-        try:
-            with assignment.scope:
-                await self.wait_until_tables_registered()
-                consumer = self._consumer
-                if consumer is None:
-                    return
-                committed = await consumer.committed(assignment.tps)
-                for tp, offset in committed.items():
-                    if offset is not None:
-                        self._committed[tp] = offset
-                partitions = assignment.partitions
-                done: set[str] = set()
-                while missing := [
-                    name
-                    for name, table in self.tables.items()
-                    if not table.is_global and name not in done
-                ]:
-                    # A table added meanwhile is recovered for these partitions too.
-                    await self.wait_until_tables_registered()
-                    requests = []
-                    for name in missing:
-                        request = RecoveryRequest(partitions, committed)
-                        assignment.requests.append(request)
-                        requests.append(request)
-                        await self._table_channels[name].send(request)
-                    for request in requests:
-                        await request.done.wait()
-                    for request in requests:
-                        if request.error is not None:
-                            raise request.error
-                    if not all(request.completed for request in requests):
-                        return
-                    done.update(missing)
-                if assignment.is_revoked():
-                    # Revoked while the last table finished: the cancellation would only
-                    # land at the next checkpoint, after the partitions were activated
-                    # again behind the revocation's back.
-                    return
-                # on_recover callbacks see the recovered tables before any event of these
-                # partitions is processed (as in Faust); then the streams get them.
-                for table in self.tables.values():
-                    table.activate(partitions)
-                for table in self.tables.values():
-                    await table.on_recovery_completed(partitions)
-                if assignment.is_revoked():
-                    return
-                self._activate(partitions, assignment.tps)
-                self._supervisor.assignment_done(assignment)
-                if self._fully_recovered():
-                    await self.on_actives_ready()
-        finally:
-            self._supervisor.assignment_done(assignment)
-            self._recovery_changed()
-
-    # -- standbys and the group layout --------------------------------------------------
-    def _freshness(self) -> dict[int, int]:
-        """Per partition, how much of it the stores hold (reported to the group leader,
-        which prefers the freshest member when a partition moves). Runs on
-        kafka-python's IO thread: it only copies dicts."""
-        fresh: dict[int, int] = {}
-        for table in list(self.tables.values()):
-            if table.is_global:
-                continue
-            for partition, offset in dict(table.local_offsets).items():
-                fresh[partition] = fresh.get(partition, 0) + offset + 1
-        return fresh
-
-    def _update_standbys(self) -> None:
-        """After an assignment: tell every table which partitions to keep warm (the
-        assignor's standbys that are not active here). Sent before the recovery requests
-        of the assignment, so a promoted standby is released first."""
-        active = {tp.partition for tp in self._supervisor.assigned}
-        standbys = self._assignor.view.standbys - active
-        if standbys == self._standbys:
-            return
-        self._standbys = standbys
-        logger.info("%s: standby partitions %s", self.app_id, sorted(standbys))
-        updates = []
-        for name, channel in self._table_channels.items():
-            if not self.tables[name].is_global:
-                update = StandbyUpdate(standbys)
-                channel.send_nowait(update)
-                updates.append((self.tables[name], update))
-        if self._nursery is not None and standbys:
-            self._nursery.start_soon(self._announce_standbys_ready, updates)
-
-    async def _announce_standbys_ready(
-        self, updates: list[tuple[Collection, StandbyUpdate]]
-    ) -> None:
-        for table, update in updates:
-            await update.done.wait()
-            await table.wait_caught_up()
-        if updates and all(update.partitions == self._standbys for _, update in updates):
-            await self.on_standbys_ready()
-
-    async def _committed_sources(self, partitions: frozenset[int]) -> dict[TP, int | None] | None:
-        """The group's committed offsets of every source partition numbered in
-        ``partitions`` (``None`` when not in the group: standbys then wait)."""
-        consumer = self._consumer
-        if consumer is None or not self._group_topics or not partitions:
-            return None
-        tps = [TP(topic, p) for topic in sorted(self._group_topics) for p in sorted(partitions)]
-        try:
-            return await consumer.committed(tps)
-        except Exception as exc:  # the group is being left or re-joined: ask again later
-            logger.debug("%s: committed offsets unavailable: %r", self.app_id, exc)
-            return None
-
     @property
     def standby_partitions(self) -> frozenset[int]:
         """Partition numbers this worker keeps warm copies of."""
-        return self._standbys
+        return self._supervisor.standbys
 
     def metadata_for_key(self, table: str | Collection, key: Any) -> KeyMetadata:
         """Which member serves ``key`` of ``table`` (by the key's partition under Kafka's
@@ -1062,36 +627,17 @@ class TableManager:
             tuple(view.standby_hosts.get(partition, ())),
         )
 
-    def _activate(self, partitions: frozenset[int], tps: frozenset[TP]) -> None:
-        for table in self.tables.values():
-            table.activate(partitions)
-        self._ready |= partitions
-        for tp in tps:
-            stream = self._streams.get(tp.topic)
-            if stream is not None:
-                stream.set_ready(tp.partition)
-        logger.info("%s: partitions %s recovered and active", self.app_id, sorted(partitions))
-
-    def _recovery_changed(self) -> None:
-        self._recovery_event.set()
-        self._recovery_event = trio.Event()
-
-    def _fully_recovered(self) -> bool:
-        if not self._supervisor.assignment_seen.is_set():
-            return False
-        assigned = {tp.partition for tp in self._supervisor.assigned}
-        return not self._supervisor.pending and assigned <= self._ready
-
     async def wait_until_recovered(self) -> None:
         """Wait until this worker has its first assignment and every assigned partition is
         recovered by every table (at once when no stream was opened), and every global
         table has read up to the end offsets seen when it started.
         Cancellation: safe, nothing is waiting on the caller."""
-        while not (self._group_done is None or self._fully_recovered()):
-            await self._recovery_event.wait()
+        supervisor = self._supervisor
+        while not (not self._membership.joined or supervisor.fully_recovered()):
+            await supervisor.recovery_changed.wait()
         for table in list(self.tables.values()):
             if table.is_global:
-                await self._table_ready[table.name].wait()
+                await self._registry.wait_until_ready(table)
                 await table.wait_caught_up()
 
     async def wait_until_recovery_completed(self) -> None:
@@ -1111,4 +657,4 @@ class TableManager:
     @property
     def active_partitions(self) -> frozenset[int]:
         """Partition numbers recovered and being processed here."""
-        return frozenset(self._ready)
+        return frozenset(self._ledger.ready)

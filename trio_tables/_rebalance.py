@@ -3,38 +3,68 @@
 The group consumer calls :class:`RebalanceSupervisor` (a transport
 :class:`~._transport._base.RebalanceListener`) from a Trio task while the group waits.
 
-* **Assigned**: the new partition numbers are queued as one :class:`Assignment` with its
-  own cancel scope; the manager's recovery supervisor asks every table to restore them
+* **Assigned**: the new partitions are queued as one :class:`Assignment` with its own
+  cancel scope; :meth:`RebalanceSupervisor.run` (a task of the manager's nursery)
+  recovers each assignment in a task of its own: it asks every table to restore them
   and releases them to the streams only when all tables are done. The listener itself
   returns at once, so the consumer keeps polling (records of unrecovered partitions wait
   in the streams' buffers; full buffers pause their partitions).
 * **Revoked**: pending recoveries of those partitions are cancelled; the streams stop
-  yielding them; the manager runs a commit cycle (flush changelog, persist stores) and
-  the source offsets are returned for the transport to commit before it releases the
-  partitions. Under the eager protocol every partition is revoked on each rebalance;
-  under the cooperative protocol only those that move.
+  yielding them; a commit cycle runs (flush changelog, persist stores) and the source
+  offsets are returned for the transport to commit before it releases the partitions.
+  Under the eager protocol every partition is revoked on each rebalance; under the
+  cooperative protocol only those that move.
 * **Lost**: like revoked, but nothing can be committed: unpersisted changes of those
   partitions are discarded (their events will be processed again by the new owner).
+
+Threads: only the Trio thread touches it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
 
 import attrs
 import trio
 
-from ._table import RecoveryRequest
+from ._assignor import TablesAssignor
+from ._commit import CommitCycle, WorkerHealth
+from ._exactly_once import Transactions
+from ._flow import StreamFlow
+from ._ledger import PartitionLedger
+from ._registry import TableRegistry
+from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._transport._base import TP
 
-if TYPE_CHECKING:
-    from ._manager import TableManager
-
-__all__ = ["Assignment", "RebalanceSupervisor"]
+__all__ = ["Assignment", "RebalanceHooks", "RebalanceSupervisor"]
 
 logger = logging.getLogger("trio_tables.rebalance")
+
+CommittedOffsets = Callable[[Iterable[TP]], Awaitable["dict[TP, int | None] | None"]]
+
+
+class RebalanceHooks(Protocol):
+    """The manager's public rebalance hooks (see :class:`~trio_tables.TableManager`)."""
+
+    async def on_rebalance_start(self) -> None: ...
+
+    async def on_rebalance(
+        self,
+        assigned: frozenset[TP],
+        revoked: frozenset[TP],
+        newly_assigned: frozenset[TP],
+        generation_id: int = 0,
+    ) -> None: ...
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None: ...
+
+    async def on_commit(self, offsets: Mapping[TP, int]) -> None: ...
+
+    async def on_actives_ready(self) -> None: ...
+
+    async def on_standbys_ready(self) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -61,15 +91,97 @@ class Assignment:
 
 
 class RebalanceSupervisor:
-    """The manager's rebalance listener."""
+    """The manager's rebalance listener and the recovery of what it is assigned."""
 
-    def __init__(self, manager: TableManager) -> None:
-        self._manager = manager
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        registry: TableRegistry,
+        ledger: PartitionLedger,
+        flow: StreamFlow,
+        cycle: CommitCycle,
+        health: WorkerHealth,
+        assignor: TablesAssignor,
+        hooks: RebalanceHooks,
+        committed: CommittedOffsets,
+        transactions: Transactions | None,
+        revoke_timeout: float,
+    ) -> None:
+        self.app_id = app_id
+        self._registry = registry
+        self._ledger = ledger
+        self._flow = flow
+        self._cycle = cycle
+        self._health = health
+        self._assignor = assignor
+        self._hooks = hooks
+        self._committed = committed
+        self._transactions = transactions
+        self._revoke_timeout = revoke_timeout
         self.assigned: frozenset[TP] = frozenset()
         self.pending: list[Assignment] = []
         self.generation = 0
         self.assignment_seen = trio.Event()
+        self.standbys: frozenset[int] = frozenset()
         self._revoked_since: frozenset[TP] = frozenset()  # since the last assignment
+        self._assignments_send, self._assignments_receive = trio.open_memory_channel[
+            Assignment
+        ](float("inf"))
+        # Set (and replaced) whenever recovery state changes.
+        self.recovery_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- the listener ------------------------------------------------------------------
+    async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+        self.generation += 1
+        newly = assigned - self.assigned
+        self.assigned |= assigned
+        logger.info(
+            "%s: assigned %s (generation %d)",
+            self.app_id,
+            sorted(str(tp) for tp in assigned),
+            self.generation,
+        )
+        self._update_standbys()
+        if assigned:
+            self._queue(assigned)
+        self.assignment_seen.set()
+        self._changed()
+        revoked, self._revoked_since = self._revoked_since, frozenset()
+        await self._hooks.on_rebalance(self.assigned, revoked, newly, self.generation)
+        for table in self._registry:
+            await table.on_rebalance(self.assigned, revoked, newly, self.generation)
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
+        logger.info("%s: revoked %s", self.app_id, sorted(str(tp) for tp in revoked))
+        await self._hooks.on_rebalance_start()
+        partitions = frozenset(tp.partition for tp in revoked)
+        self._cancel_pending(partitions)
+        try:
+            offsets = await self._release(partitions, commit=True)
+        finally:
+            self.assigned -= revoked
+            self._revoked_since |= revoked
+            self._changed()
+        await self._hooks.on_partitions_revoked(revoked)
+        return offsets
+
+    async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
+        logger.warning(
+            "%s: lost %s (evicted from the group): their uncommitted changes are discarded",
+            self.app_id,
+            sorted(str(tp) for tp in lost),
+        )
+        await self._hooks.on_rebalance_start()
+        partitions = frozenset(tp.partition for tp in lost)
+        self._cancel_pending(partitions)
+        try:
+            await self._release(partitions, commit=False)
+        finally:
+            self._revoked_since |= lost
+            self.assigned -= lost
+            self._changed()
 
     def _cancel_pending(self, partitions: frozenset[int]) -> None:
         """Cancel recoveries touching ``partitions``; re-queue what they had besides."""
@@ -84,58 +196,177 @@ class RebalanceSupervisor:
     def _queue(self, tps: frozenset[TP]) -> None:
         assignment = Assignment(tps)
         self.pending.append(assignment)
-        self._manager._assignments_send.send_nowait(assignment)
+        self._assignments_send.send_nowait(assignment)
 
-    def assignment_done(self, assignment: Assignment) -> None:
+    def _done(self, assignment: Assignment) -> None:
         if assignment in self.pending:
             self.pending.remove(assignment)
 
-    async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
-        self.generation += 1
-        newly = assigned - self.assigned
-        self.assigned |= assigned
-        logger.info(
-            "%s: assigned %s (generation %d)",
-            self._manager.app_id,
-            sorted(str(tp) for tp in assigned),
-            self.generation,
-        )
-        self._manager._update_standbys()
-        if assigned:
-            self._queue(assigned)
-        self.assignment_seen.set()
-        self._manager._recovery_changed()
-        revoked, self._revoked_since = self._revoked_since, frozenset()
-        await self._manager.on_rebalance(self.assigned, revoked, newly, self.generation)
-        for table in list(self._manager.tables.values()):
-            await table.on_rebalance(self.assigned, revoked, newly, self.generation)
-
-    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
-        logger.info("%s: revoked %s", self._manager.app_id, sorted(str(tp) for tp in revoked))
-        await self._manager.on_rebalance_start()
-        partitions = frozenset(tp.partition for tp in revoked)
-        self._cancel_pending(partitions)
+    # -- releasing ----------------------------------------------------------------------
+    async def _release(self, partitions: frozenset[int], *, commit: bool) -> dict[TP, int] | None:
+        """Stop processing ``partitions``; with ``commit``, commit what was processed
+        (the offsets for the transport to commit, ``None`` when there is nothing to do
+        or the transaction committed them); without, discard their uncommitted changes.
+        Cancellation: the commit cycle's critical section is shielded; whatever happens,
+        the partitions are forgotten here at the end."""
+        self._flow.withhold(partitions)
+        releasing = frozenset(partitions & self._ledger.ready)
+        self._ledger.ready -= partitions
+        offsets: dict[TP, int] | None = None
+        tables = list(self._registry)
         try:
-            offsets = await self._manager._release(partitions, commit=True)
+            if commit and not self._health.failing():
+                async with self._cycle.lock:
+                    result = await self._cycle.run(releasing, grace=self._revoke_timeout)
+                # An event still in process after revoke_timeout: its partition's changes
+                # are dropped and the new owner processes the event again.
+                for table in tables:
+                    table.discard_uncommitted(result.busy & partitions)
+                if self._transactions is None:
+                    offsets = self._ledger.offsets_to_commit(result.snapshot, self.assigned)
+                    self._ledger.record_committed(offsets)
+                    await self._hooks.on_commit(offsets)
+                # else: committed with the transaction (on_commit was called there)
+            else:
+                async with self._flow.quiesced(self._cycle.event_grace):
+                    pass
+                for table in tables:
+                    table.discard_uncommitted(partitions)
+                if self._transactions is not None and not self._health.failing():
+                    await self._transactions.roll_back(partitions)
         finally:
-            self.assigned -= revoked
-            self._revoked_since |= revoked
-            self._manager._recovery_changed()
-        await self._manager.on_partitions_revoked(revoked)
+            for table in tables:
+                table.deactivate(partitions)
+            self._flow.drop(partitions)
+            self._ledger.forget(partitions)
         return offsets
 
-    async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
-        logger.warning(
-            "%s: lost %s (evicted from the group): their uncommitted changes are discarded",
-            self._manager.app_id,
-            sorted(str(tp) for tp in lost),
-        )
-        await self._manager.on_rebalance_start()
-        partitions = frozenset(tp.partition for tp in lost)
-        self._cancel_pending(partitions)
+    # -- recovering assignments --------------------------------------------------------
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Recover each queued assignment in a task of ``nursery``."""
+        self._nursery = nursery
+        async for assignment in self._assignments_receive:
+            nursery.start_soon(self._recover_assignment, assignment)
+
+    async def _recover_assignment(self, assignment: Assignment) -> None:
         try:
-            await self._manager._release(partitions, commit=False)
+            with assignment.scope:
+                await self._registry.wait_until_started()
+                committed = await self._committed(assignment.tps)
+                if committed is None:  # the group was left meanwhile
+                    return
+                self._ledger.learn_committed(committed)
+                partitions = assignment.partitions
+                done: set[str] = set()
+                while missing := [t for t in self._registry.partitioned if t.name not in done]:
+                    # A table added meanwhile is recovered for these partitions too.
+                    await self._registry.wait_until_started()
+                    requests = []
+                    for table in missing:
+                        request = RecoveryRequest(partitions, committed)
+                        assignment.requests.append(request)
+                        requests.append(request)
+                        await self._registry.channels[table.name].send(request)
+                    for request in requests:
+                        await request.done.wait()
+                    for request in requests:
+                        if request.error is not None:
+                            raise request.error
+                    if not all(request.completed for request in requests):
+                        return
+                    done.update(table.name for table in missing)
+                if assignment.is_revoked():
+                    # Revoked while the last table finished: the cancellation would only
+                    # land at the next checkpoint, after the partitions were activated
+                    # again behind the revocation's back.
+                    return
+                # on_recover callbacks see the recovered tables before any event of these
+                # partitions is processed (as in Faust); then the streams get them.
+                for table in self._registry:
+                    table.activate(partitions)
+                for table in self._registry:
+                    await table.on_recovery_completed(partitions)
+                if assignment.is_revoked():
+                    return
+                self._activate(partitions, assignment.tps)
+                self._done(assignment)
+                if self.fully_recovered():
+                    await self._hooks.on_actives_ready()
         finally:
-            self._revoked_since |= lost
-            self.assigned -= lost
-            self._manager._recovery_changed()
+            self._done(assignment)
+            self._changed()
+
+    def _activate(self, partitions: frozenset[int], tps: frozenset[TP]) -> None:
+        for table in self._registry:
+            table.activate(partitions)
+        self._ledger.ready |= partitions
+        self._flow.release(tps)
+        logger.info("%s: partitions %s recovered and active", self.app_id, sorted(partitions))
+
+    async def recover_new_table(self, table: Collection) -> None:
+        """Recover a table added while partitions are being processed. Those partitions
+        stop handing out events until the new table has them (an event already in
+        process goes on: it may be the one waiting for this table)."""
+        partitions = frozenset(self._ledger.ready)
+        if not partitions:
+            return
+        tps = frozenset(tp for tp in self.assigned if tp.partition in partitions)
+        self._flow.withhold(partitions)
+        try:
+            committed = await self._committed(tps)
+            if committed is None:
+                return
+            request = RecoveryRequest(partitions, committed)
+            await self._registry.channels[table.name].send(request)
+            await request.done.wait()
+            if request.error is not None:
+                raise request.error
+            still_ready = partitions & self._ledger.ready
+            if request.completed:
+                table.activate(still_ready)
+                await table.on_recovery_completed(still_ready)
+        finally:
+            self._flow.release(tp for tp in tps if tp.partition in self._ledger.ready)
+            self._changed()
+
+    def _changed(self) -> None:
+        self.recovery_changed.set()
+        self.recovery_changed = trio.Event()
+
+    def fully_recovered(self) -> bool:
+        """Whether an assignment arrived and every assigned partition is recovered by
+        every table."""
+        if not self.assignment_seen.is_set():
+            return False
+        assigned = {tp.partition for tp in self.assigned}
+        return not self.pending and assigned <= self._ledger.ready
+
+    # -- standbys ----------------------------------------------------------------------
+    def _update_standbys(self) -> None:
+        """After an assignment: tell every table which partitions to keep warm (the
+        assignor's standbys that are not active here). Sent before the recovery requests
+        of the assignment, so a promoted standby is released first."""
+        active = {tp.partition for tp in self.assigned}
+        standbys = self._assignor.view.standbys - active
+        if standbys == self.standbys:
+            return
+        self.standbys = standbys
+        logger.info("%s: standby partitions %s", self.app_id, sorted(standbys))
+        updates = []
+        for table in self._registry.partitioned:
+            channel = self._registry.channels.get(table.name)
+            if channel is not None:
+                update = StandbyUpdate(standbys)
+                channel.send_nowait(update)
+                updates.append((table, update))
+        if self._nursery is not None and standbys:
+            self._nursery.start_soon(self._announce_standbys_ready, updates)
+
+    async def _announce_standbys_ready(
+        self, updates: list[tuple[Collection, StandbyUpdate]]
+    ) -> None:
+        for table, update in updates:
+            await update.done.wait()
+            await table.wait_caught_up()
+        if updates and all(update.partitions == self.standbys for _, update in updates):
+            await self._hooks.on_standbys_ready()

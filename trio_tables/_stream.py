@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -22,10 +22,7 @@ from ._codecs import Codec, CodecError
 from ._transport._base import TP, Headers, Record
 from .errors import RecordDecodeError
 
-if TYPE_CHECKING:
-    from ._manager import TableManager
-
-__all__ = ["Event", "Stream", "current_event"]
+__all__ = ["Event", "Stream", "StreamHost", "current_event"]
 
 logger = logging.getLogger("trio_tables.stream")
 
@@ -61,17 +58,40 @@ _BURST = 256
 _CHECKPOINT_EVERY = 1024
 
 
+class StreamHost(Protocol):
+    """What a stream asks of the worker it belongs to (``_flow.StreamFlow``)."""
+
+    # Set while a commit cycle holds the streams between two events.
+    hold: trio.Event | None
+
+    def event_processed(self, tp: TP, offset: int) -> None:
+        """The event at ``offset`` of ``tp`` is finished."""
+
+    async def between_events(self) -> None:
+        """Called every ``_CHECKPOINT_EVERY`` events, no event held."""
+
+    async def wait_for_hold(self) -> None:
+        """Wait until no commit cycle holds the streams."""
+
+    def partition_has_room(self, topic: str, partition: int) -> None:
+        """Half of ``partition``'s buffer was drained."""
+
+
 class Stream:
     """An async iterator over the :class:`Event` s of one source topic.
 
-    Created by :meth:`TableManager.stream`; iterate it with ``async for``.
+    Created by :meth:`TableManager.stream`; iterate it with ``async for``, from one task
+    at a time: a task that asks for an event while another task holds one of this
+    stream (or waits for one) gets :class:`trio.BusyResourceError` (each would mark the
+    other's events processed). Another task may take over once the holder finished its
+    event (``ack()``, or the iteration ended).
     Cancellation: cancelling a task blocked in ``__anext__`` loses nothing; the previous
     event still counts as processed.
     """
 
     def __init__(
         self,
-        manager: TableManager,
+        host: StreamHost,
         topic: str,
         *,
         key_codec: Codec,
@@ -80,7 +100,8 @@ class Stream:
         buffer_size: int,
     ) -> None:
         self.topic = topic
-        self._manager = manager
+        self._host = host
+        self._event_processed = host.event_processed
         self._key_decode: Callable[[bytes], Any] = key_codec.decode
         self._value_decode: Callable[[bytes], Any] = value_codec.decode
         self._on_decode_error = on_decode_error
@@ -100,6 +121,8 @@ class Stream:
         # Created only when a commit waits for the event in process (not per event).
         self._current_done: trio.Event | None = None
         self._tps: dict[int, TP] = {}
+        # The task iterating (holding an event or waiting for one), else None.
+        self._reader: trio.lowlevel.Task | None = None
         self.skipped = 0
         self.closed = False
 
@@ -163,7 +186,7 @@ class Stream:
         tp = self._tps.get(event.partition)
         if tp is None:
             tp = self._tps[event.partition] = event.tp
-        self._manager._event_processed(tp, event.offset)
+        self._event_processed(tp, event.offset)
         if self._current_done is not None:
             self._set_current_done()
 
@@ -191,7 +214,7 @@ class Stream:
                 self._burst = _BURST - 1
                 record = buffer.popleft()
                 if len(buffer) == self.buffer_size // 2:
-                    self._manager._stream_has_room(self.topic, partition)
+                    self._host.partition_has_room(self.topic, partition)
                 return record
             order.rotate(-1)
         return None
@@ -224,7 +247,7 @@ class Stream:
             raise error
         self.skipped += 1
         logger.warning("skipped undecodable record (%d so far): %s", self.skipped, error)
-        self._manager._event_processed(record.tp, record.offset)
+        self._event_processed(record.tp, record.offset)
 
     def __aiter__(self) -> Stream:
         return self
@@ -234,6 +257,16 @@ class Stream:
         # the current-event context variable is set once per event: to the next event
         # when one is at hand, to None only before waiting or leaving (a task blocked in
         # here, cancelled, or done with the stream has no current event).
+        task = trio.lowlevel.current_task()
+        reader = self._reader
+        if reader is not task:
+            if reader is not None:
+                raise trio.BusyResourceError(
+                    f"another task ({reader.name}) is iterating the stream of "
+                    f"{self.topic!r}; iterate a stream from one task at a time (fan out "
+                    "to worker tasks through a memory channel)"
+                )
+            self._reader = task
         previous = self._current
         if previous is not None:
             self._current = None
@@ -243,26 +276,27 @@ class Stream:
             # Before a record is taken: a cancellation delivered here loses nothing.
             self._since_checkpoint = 0
             current_event.set(None)
-            await self._manager._between_events()
+            await self._waiting(self._host.between_events())
         while True:
             if self.closed:
                 current_event.set(None)
+                self._reader = None
                 raise StopAsyncIteration
-            if self._manager._hold is not None:
+            if self._host.hold is not None:
                 current_event.set(None)
-                await self._manager._wait_for_hold()
+                await self._waiting(self._host.wait_for_hold())
                 continue
             run = self._run
             if run and self._burst:
                 self._burst -= 1
                 record = run.popleft()
                 if len(run) == self.buffer_size // 2:
-                    self._manager._stream_has_room(self.topic, self._run_partition)
+                    self._host.partition_has_room(self.topic, self._run_partition)
             else:
                 next_record = self._next_record()
                 if next_record is None:
                     current_event.set(None)
-                    await self._changed.wait()
+                    await self._waiting(self._changed.wait())
                     self._changed = trio.Event()
                     continue
                 record = next_record
@@ -273,11 +307,22 @@ class Stream:
             current_event.set(event)
             return event
 
+    async def _waiting(self, wait: Coroutine[Any, Any, None]) -> None:
+        """Await ``wait`` with no event held; a cancellation (or error) there lets
+        another task take the stream over."""
+        try:
+            await wait
+        except BaseException:
+            self._reader = None
+            raise
+
     def ack(self) -> None:
         """Mark the event in progress as processed now (its offset may be committed and
         it is no longer the current event), as asking for the next event would. For
-        code that leaves ``async for`` with ``break`` and keeps the stream open."""
+        code that leaves ``async for`` with ``break`` and keeps the stream open. Another
+        task may then iterate the stream."""
         self._finish_current()
+        self._reader = None
 
     def close(self) -> None:
         """Stop iterating; the event in progress (if any) counts as processed.

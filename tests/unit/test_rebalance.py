@@ -101,7 +101,7 @@ async def _settled(*workers: CountingWorker, total: int) -> None:
             for worker in workers:
                 nursery.start_soon(changed, worker.progress)
                 if worker.manager is not None:
-                    nursery.start_soon(changed, worker.manager._recovery_event)
+                    nursery.start_soon(changed, worker.manager._supervisor.recovery_changed)
 
 
 @pytest.mark.parametrize("protocol", ["eager", "cooperative"])
@@ -165,7 +165,7 @@ async def test_rebalance_during_recovery_cancels_it_and_recovers_the_new_assignm
         await b.started.wait()
         assert b.manager is not None
         while not b.manager.active_partitions:
-            await b.manager._recovery_event.wait()
+            await b.manager._supervisor.recovery_changed.wait()
         gate.set()
         await _settled(a, b, total=0)
         a.stop.set()

@@ -215,11 +215,10 @@ async def test_streams_wait_for_a_commit_cycle_that_fell_behind() -> None:
     class SlowChangelog(TableManager):
         max_commit_backlog = 500
 
-        async def _send_and_persist(self, *args: Any) -> Any:
-            if not release.is_set():
-                in_cycle.set()
-                await release.wait()
-            return await super()._send_and_persist(*args)
+    async def slow_delivery() -> None:
+        if not release.is_set():
+            in_cycle.set()
+            await release.wait()
 
     seen = 0
     held_at: list[int] = []
@@ -236,6 +235,7 @@ async def test_streams_wait_for_a_commit_cycle_that_fell_behind() -> None:
         release.set()
 
     async with SlowChangelog("slow", broker=url, commit_interval=3600) as manager:
+        manager._cycle.before_delivery = slow_delivery
         counts = manager.Table("counts", default=int, key_type=str, value_type=int)
         async with manager.stream("keys", key_type=str) as events, trio.open_nursery() as nursery:
             nursery.start_soon(release_once_everything_waits)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -54,15 +54,20 @@ from .._windows import (
 )
 from ..errors import PartitionNotOwned, TableWriteOutsideStream
 from ._callbacks import call_callback
+from ._host import TableHost
 from ._joins import Joined, JoinKey, lookup_join
 from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
 
-if TYPE_CHECKING:
-    from .._manager import TableManager
-
-__all__ = ["TOMBSTONE", "Collection", "RecoveryRequest", "RestoreReport", "StandbyUpdate"]
+__all__ = [
+    "TOMBSTONE",
+    "Collection",
+    "PersistBatch",
+    "RecoveryRequest",
+    "RestoreReport",
+    "StandbyUpdate",
+]
 
 logger = logging.getLogger("trio_tables.table")
 
@@ -90,6 +95,19 @@ class RecoveryRequest:
     done: trio.Event = attrs.field(factory=trio.Event)
     completed: bool = False
     error: BaseException | None = None
+
+
+@attrs.frozen
+class PersistBatch:
+    """One partition's share of a commit cycle's store write: ``changes`` (``None``
+    deletes), the last acknowledged changelog ``offset``, the ``sources`` offsets the
+    data is consistent with and the window ``meta`` (stream time)."""
+
+    partition: int
+    changes: dict[Any, Any]
+    offset: int | None
+    sources: dict[str, int] | None
+    meta: dict[str, int] | None
 
 
 @attrs.frozen
@@ -121,7 +139,7 @@ class Collection:
 
     def __init__(
         self,
-        manager: TableManager,
+        manager: TableHost,
         name: str,
         *,
         default: Callable[[], Any] | None = None,
@@ -191,7 +209,9 @@ class Collection:
         # when it started tailing (what entering a global table waits for).
         self._tailer_caught_up = trio.Event()
         # partition -> last changelog offset in the store (what the store says, cached
-        # so that the assignor's freshness report costs no store read).
+        # so that the assignor's freshness report costs no store read). Replaced whole,
+        # never changed in place: kafka-python's IO thread reads it, the Trio thread
+        # writes it.
         self.local_offsets: dict[int, int] = {
             p: offset
             for p in self.data.partitions()
@@ -206,6 +226,8 @@ class Collection:
         # (see _lookup). Compared by identity: a cache replaced or dropped is no longer
         # complete; one about to be cleared leaves this first.
         self._complete_caches: dict[int, dict[Any, Any]] = {}
+        # Set once the manager created (or checked) the changelog topic.
+        self._changelog_created = False
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
 
@@ -274,6 +296,11 @@ class Collection:
             "use_partitioner": self.use_partitioner,
             "options": self.options,
         }
+
+    def changelog_created(self, partitions: int) -> None:
+        """The manager created (or checked) the changelog with ``partitions``."""
+        self.partitions = partitions
+        self._changelog_created = True
 
     # -- partitions -------------------------------------------------------------------
     def partition_for_key(self, key: Any) -> int:
@@ -487,27 +514,65 @@ class Collection:
         source_offsets: Mapping[int, Mapping[str, int]],
     ) -> None:
         """Write the persisting layer to the store with the last acknowledged changelog
-        offset of each partition. Blocking (disk) for persistent stores."""
+        offset of each partition, all in this thread (blocking for persistent stores).
+        The commit cycle does the same in three steps: :meth:`persist_plan`,
+        :meth:`write_persist_plan` (in a worker thread), :meth:`persisted`."""
+        plan = self.persist_plan(last_offsets, source_offsets)
+        self.write_persist_plan(plan)
+        self.persisted(plan)
+
+    def persist_plan(
+        self,
+        last_offsets: Mapping[int, int],
+        source_offsets: Mapping[int, Mapping[str, int]],
+    ) -> list[PersistBatch]:
+        """What the store must write: the persisting layer of each partition with the
+        last acknowledged changelog offset and the source offsets. Trio thread; the
+        plan is immutable once made."""
+        plan = []
         for partition in set(self._persisting) | set(last_offsets) | set(source_offsets):
             changes = self._persisting.get(partition, {})
             offset = last_offsets.get(partition)
             sources = source_offsets.get(partition)
             if not changes and offset is None and sources is None:
                 continue
-            self.data.write_batch(
-                partition,
-                {k: (None if v is TOMBSTONE else v) for k, v in changes.items()},
-                offset,
-                source_offsets=sources,
-                meta=self._window_meta(partition),
-            )
-            if self.data.persistent and changes:
-                # Before the persisting layer goes: a read never misses both.
-                self._cache_values(
-                    partition, ((k, MISSING if v is TOMBSTONE else v) for k, v in changes.items())
+            plan.append(
+                PersistBatch(
+                    partition,
+                    {k: (None if v is TOMBSTONE else v) for k, v in changes.items()},
+                    offset,
+                    None if sources is None else dict(sources),
+                    self._window_meta(partition),
                 )
-            if offset is not None:
-                self.local_offsets[partition] = offset
+            )
+        return plan
+
+    def write_persist_plan(self, plan: list[PersistBatch]) -> None:
+        """Write ``plan`` to the store. Blocking (disk) for persistent stores: the commit
+        cycle runs it in a worker thread. Touches only the store (no table state)."""
+        for batch in plan:
+            self.data.write_batch(
+                batch.partition,
+                batch.changes,
+                batch.offset,
+                source_offsets=batch.sources,
+                meta=batch.meta,
+            )
+
+    def persisted(self, plan: list[PersistBatch]) -> None:
+        """``plan`` is in the store: update what the table remembers of it and drop the
+        persisting layer (in that order: a read never misses both). Trio thread."""
+        offsets = dict(self.local_offsets)
+        for batch in plan:
+            if self.data.persistent and batch.changes:
+                self._cache_values(
+                    batch.partition,
+                    ((k, MISSING if v is None else v) for k, v in batch.changes.items()),
+                )
+            if batch.offset is not None:
+                offsets[batch.partition] = batch.offset
+        # Replaced whole: kafka-python's IO thread reads it (the assignor's freshness).
+        self.local_offsets = offsets
         self._persisting.clear()
 
     def uncommitted_partitions(self) -> frozenset[int]:
@@ -551,6 +616,12 @@ class Collection:
     def active_partitions(self) -> frozenset[int]:
         return frozenset(self._active)
 
+    @property
+    def standbys_caught_up(self) -> bool:
+        """Whether the changelog consumer read its standby copies (every partition of a
+        global table) up to the end offsets seen when it started following them."""
+        return self._tailer_caught_up.is_set()
+
     def persisted_offset(self, tp: TP) -> int | None:
         """The last changelog offset persisted in the store for ``tp``."""
         return self.data.persisted_offset(tp.partition)
@@ -560,7 +631,7 @@ class Collection:
         recovery)."""
         for partition in self.data.partitions():
             self.data.reset_partition(partition)
-        self.local_offsets.clear()
+        self.local_offsets = {}  # replaced whole (see persisted)
         self._read_cache.clear()
         self._complete_caches.clear()
         if self._windowing is not None:
@@ -714,7 +785,7 @@ class Collection:
 
     def _reset_partition(self, partition: int) -> None:
         self.data.reset_partition(partition)
-        self.local_offsets.pop(partition, None)
+        self.local_offsets = {p: o for p, o in self.local_offsets.items() if p != partition}
         self._read_cache.pop(partition, None)
         if self._windowing is not None:
             self._windowing.forget(partition)
@@ -776,7 +847,7 @@ class Collection:
             for key, value in changes.items():
                 cache[key] = MISSING if value is None else value
         # Past the skipped records too: they are written again when their events are.
-        self.local_offsets[partition] = records[-1].offset
+        self.local_offsets = {**self.local_offsets, partition: records[-1].offset}
         return len(kept)
 
     async def _run_store(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -898,7 +969,7 @@ class Collection:
             raise TypeError(f"{self.label}: global tables cannot be windowed")
         if self._windowing is not None:
             raise RuntimeError(f"{self.label} is windowed already")
-        if self.name in self.manager._changelogs_ready or self._active:
+        if self._changelog_created or self._active:
             raise RuntimeError(
                 f"{self.label} is running already: make a table windowed right after "
                 "creating it, before the manager starts it"
@@ -1049,7 +1120,7 @@ class Collection:
     async def __aenter__(self) -> Any:
         """Wait until the table's nursery runs and its assigned partitions are
         recovered. Cancellation: safe, the table keeps running under the manager."""
-        await self.manager._table_entered(self)
+        await self.manager.wait_until_table_ready(self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

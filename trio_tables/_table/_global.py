@@ -65,10 +65,10 @@ class GlobalTable(Table):
         # event still in process elsewhere does not hold its changes back.
         return super().take_changes(frozenset())
 
-    def persist(self, last_offsets: Any, source_offsets: Any) -> None:
+    def persist_plan(self, last_offsets: Any, source_offsets: Any) -> Any:
         # The data is written now (read-your-writes after the cycle); the saved offset
         # advances only with the tailer, which applies the changelog in order.
-        super().persist({}, {})
+        return super().persist_plan({}, {})
 
     def open_all_partitions(self, count: int) -> None:
         """Called by the manager once the changelog's partition count is known."""

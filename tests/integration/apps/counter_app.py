@@ -165,7 +165,7 @@ async def main(args: argparse.Namespace) -> None:
                             say("ACTIVE", json.dumps(sorted(manager.active_partitions)))
                         if manager.standby_partitions:
                             say("STANDBY", json.dumps(sorted(manager.standby_partitions)))
-                        await manager._recovery_event.wait()
+                        await manager._supervisor.recovery_changed.wait()
 
                 nursery.start_soon(report)
 

@@ -32,17 +32,12 @@ from typing import Any, Literal
 
 import trio
 
-from ._assignor import KeyMetadata, TablesAssignor
+from ._assignor import KeyMetadata
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, RawCodec, resolve_codec
-from ._commit import AtLeastOnce, CommitCycle, CommitStrategy, WorkerHealth
-from ._exactly_once import Transactions
-from ._flow import StreamFlow
-from ._group import GroupMembership
-from ._ledger import PartitionLedger
-from ._rebalance import RebalanceSupervisor
+from ._core import build_core
+from ._hooks import ManagerHooks
 from ._recovery import RecoveryStatus
-from ._registry import TableRegistry
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
     Collection,
@@ -84,7 +79,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
     return leaves[0] if len(leaves) == 1 else None
 
 
-class TableManager:
+class TableManager(ManagerHooks):
     """Owns an application's tables, its consumer group membership and its commits.
 
     ``async with TableManager(app_id, broker=..., store=...) as manager:`` connects,
@@ -164,61 +159,30 @@ class TableManager:
         # times out on the broker.
         self.worker_id = worker_id if worker_id is not None else uuid.uuid4().hex[:12]
 
-        # The owners (one concern each), wired together here.
-        self._registry = TableRegistry(changelog_replication_factor=changelog_replication_factor)
-        self.tables = self._registry.tables
-        self._ledger = PartitionLedger()
-        self._flow = StreamFlow(self._ledger, max_commit_backlog=self.max_commit_backlog)
-        self._health = WorkerHealth()
-        self._transactions: Transactions | None = None
-        strategy: CommitStrategy = AtLeastOnce(self._the_producer)
-        if processing_guarantee == "exactly_once":
-            self._transactions = Transactions(
-                f"{app_id}-{self.worker_id}",
-                tables=self.tables,
-                ledger=self._ledger,
-                health=self._health,
-                group_metadata=self._group_metadata,
-                on_commit=self.on_commit,
-            )
-            strategy = self._transactions
-        self._assignor = TablesAssignor(standby_replicas=standby_replicas, host=advertised_host)
-        self._assignor.freshness = self._registry.freshness
-        self._cycle = CommitCycle(
-            tables=self.tables,
-            ledger=self._ledger,
-            flow=self._flow,
-            health=self._health,
-            strategy=strategy,
-            assigned=self._assigned,
+        # The owners (one concern each), wired together in _core.
+        core = build_core(
+            app_id,
+            hooks=self,
+            producer=self._the_producer,
+            transactional_id=(
+                f"{app_id}-{self.worker_id}" if processing_guarantee == "exactly_once" else None
+            ),
+            isolation_level=self.isolation_level,
+            rebalance_protocol=rebalance_protocol,
+            standby_replicas=standby_replicas,
+            advertised_host=advertised_host,
+            changelog_replication_factor=changelog_replication_factor,
+            max_commit_backlog=self.max_commit_backlog,
             event_grace=event_grace,
             commit_timeout=commit_timeout,
-            app_id=app_id,
-        )
-        self._supervisor = RebalanceSupervisor(
-            app_id,
-            registry=self._registry,
-            ledger=self._ledger,
-            flow=self._flow,
-            cycle=self._cycle,
-            health=self._health,
-            assignor=self._assignor,
-            hooks=self,
-            committed=self._committed_offsets,
-            transactions=self._transactions,
             revoke_timeout=revoke_timeout,
-        )
-        self._membership = GroupMembership(
-            app_id,
-            listener=self._supervisor,
-            assignors=[self._assignor],
-            rebalance_protocol=rebalance_protocol,
-            isolation_level=self.isolation_level,
             poll_timeout=poll_timeout,
-            flow=self._flow,
-            ledger=self._ledger,
-            on_commit_tp=self.on_commit_tp,
         )
+        self._registry, self._ledger, self._flow = core.registry, core.ledger, core.flow
+        self._health, self._assignor, self._cycle = core.health, core.assignor, core.cycle
+        self._supervisor, self._membership = core.supervisor, core.membership
+        self._transactions = core.transactions
+        self.tables = self._registry.tables
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
@@ -227,19 +191,9 @@ class TableManager:
         self._asyncio = AsyncioLoop()
         self._asyncio_token: Any = None
 
-    # -- wiring (narrow callables handed to the owners) ---------------------------------
     def _the_producer(self) -> Producer:
         assert self._producer is not None, "the manager is not running"
         return self._producer
-
-    def _assigned(self) -> frozenset[TP]:
-        return self._supervisor.assigned
-
-    async def _group_metadata(self) -> Any:
-        return await self._membership.group_metadata()
-
-    async def _committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None] | None:
-        return await self._membership.committed(tps)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> TableManager:
@@ -320,12 +274,6 @@ class TableManager:
         if self.processing_guarantee == "exactly_once":
             return "read_committed"
         return "read_uncommitted"
-
-    async def on_start(self) -> None:
-        """Hook: called when the manager has started (override in a subclass)."""
-
-    async def on_stop(self) -> None:
-        """Hook: called before the manager stops (after the group was left)."""
 
     # -- tables -------------------------------------------------------------------------
     def Table(self, name: str, **kwargs: Any) -> Table:
@@ -522,8 +470,12 @@ class TableManager:
         """Run a commit cycle now and commit the source offsets.
 
         Must not be called while processing an event (it waits for events in progress
-        to finish). Cancellation: a cycle interrupted after the changelog was sent leaves
-        the changes to the next cycle; nothing is committed that was not persisted.
+        to finish). Cancellation: before the tables' changes are taken, nothing happened;
+        once taken, sending and persisting them finish shielded (bounded by
+        ``commit_timeout``) and the cancellation is delivered after, before or while the
+        offsets are committed (an offset not committed now is committed by the next
+        cycle). A failure there stops the worker's commits and raises (see
+        docs/architecture.md, "The commit cycle").
         """
         if self._health.failing():
             return
@@ -542,42 +494,6 @@ class TableManager:
             return
         await self.on_commit(result.snapshot)
         await self._membership.commit(result.snapshot)
-
-    async def on_commit(self, offsets: Mapping[TP, int]) -> None:
-        """Hook: called with the offsets about to be committed. Under ``at_least_once``
-        the changes are acknowledged and persisted already; under ``exactly_once`` this
-        runs inside the transaction, after the changelog records, the outputs and the
-        offsets were sent and before the transaction commits (stores are written after
-        the commit)."""
-
-    async def on_commit_tp(self, tp: TP) -> None:
-        """Hook: called for each source partition whose offset was just committed by a
-        periodic or explicit commit (commits made by a revocation are handed to the
-        group protocol and not reported here; :meth:`on_commit` sees them)."""
-
-    async def on_rebalance_start(self) -> None:
-        """Hook: a rebalance began (partitions are about to be revoked or assigned)."""
-
-    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> None:
-        """Hook: ``revoked`` were released (their changes persisted and committed)."""
-
-    async def on_rebalance(
-        self,
-        assigned: frozenset[TP],
-        revoked: frozenset[TP],
-        newly_assigned: frozenset[TP],
-        generation_id: int = 0,
-    ) -> None:
-        """Hook: an assignment arrived (``assigned``: everything owned now); recovery of
-        the new partitions starts right after. Also calls every table's
-        ``on_rebalance``."""
-
-    async def on_actives_ready(self) -> None:
-        """Hook: every assigned partition is recovered by every table."""
-
-    async def on_standbys_ready(self) -> None:
-        """Hook: every table's standby copies read up to the changelog's end offsets
-        seen when they started following the latest standby assignment."""
 
     def persist_offset_on_commit(self, store: Any, tp: TP, offset: int) -> None:
         """Record in ``store`` (a table's ``data``) that partition ``tp.partition`` holds

@@ -94,8 +94,9 @@ async def _read(url: str, topic: str, isolation: IsolationLevel) -> list[bytes |
 
 
 async def _committed(manager: TableManager, topic: str) -> int:
-    assert manager._membership.consumer is not None
-    offsets = await manager._membership.consumer.committed([TP(topic, p) for p in range(PARTITIONS)])
+    consumer = manager._membership.consumer
+    assert consumer is not None
+    offsets = await consumer.committed([TP(topic, p) for p in range(PARTITIONS)])
     return sum(offset or 0 for offset in offsets.values())
 
 

@@ -1051,7 +1051,7 @@ class Collection:
         :class:`Joined` ``(event, value)`` for events whose join key ``on`` (see
         :data:`JoinKey`) is in the table; other events are processed (skipped) silently.
         Cancellation: as iterating the stream."""
-        return lookup_join(self, stream, on, keep_missing=False)
+        return lookup_join(self._join_lookup, stream, on, keep_missing=False)
 
     def inner_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
         """Same as :meth:`join`."""
@@ -1060,7 +1060,7 @@ class Collection:
     def left_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
         """Left stream-table lookup join: every event of ``stream``, with the table's
         value for its join key or ``None`` when the key is missing."""
-        return lookup_join(self, stream, on, keep_missing=True)
+        return lookup_join(self._join_lookup, stream, on, keep_missing=True)
 
     def outer_join(self, *args: Any, **kwargs: Any) -> Any:
         """Not supported: an outer join would also emit on table changes. Use

@@ -13,14 +13,11 @@ partition, which is right when the table is keyed like the stream (co-partitione
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from .._stream import Event, Stream
-
-if TYPE_CHECKING:
-    from ._collection import Collection
 
 __all__ = ["JoinKey", "Joined", "lookup_join"]
 
@@ -59,11 +56,17 @@ def _key_getter(on: JoinKey) -> Callable[[Event], Any]:
 
 
 async def lookup_join(
-    table: Collection, stream: Stream, on: JoinKey, *, keep_missing: bool
+    lookup: Callable[[Any], tuple[bool, Any]],
+    stream: Stream,
+    on: JoinKey,
+    *,
+    keep_missing: bool,
 ) -> AsyncIterator[Joined]:
+    """Iterate ``stream``, yielding each event with ``lookup(join key)`` =
+    ``(found, value)`` (events without a match only with ``keep_missing``)."""
     get_key = _key_getter(on)
     async for event in stream:
         key = get_key(event)
-        found, value = (False, None) if key is None else table._join_lookup(key)
+        found, value = (False, None) if key is None else lookup(key)
         if found or keep_missing:
             yield Joined(event, value)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
@@ -27,10 +27,16 @@ from ..errors import CommitFailed
 from ._assignment import withhold_moving_partitions
 from ._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
 
-if TYPE_CHECKING:
-    from ._memory_broker import MemoryBroker
+__all__ = ["GroupBroker", "Member", "MemoryGroup"]
 
-__all__ = ["Member", "MemoryGroup"]
+
+class GroupBroker(Protocol):
+    """What a group asks of the broker it lives in (``MemoryBroker``)."""
+
+    def notify(self) -> None:
+        """Wake every task waiting for a change of the broker's state."""
+
+    def partition_count(self, topic: str) -> int: ...
 
 
 @attrs.define(eq=False)
@@ -57,9 +63,9 @@ def _current_run() -> object:
 
 
 class MemoryGroup:
-    """The coordinator of one consumer group in a :class:`MemoryBroker`."""
+    """The coordinator of one consumer group in a ``MemoryBroker``."""
 
-    def __init__(self, group_id: str, broker: MemoryBroker) -> None:
+    def __init__(self, group_id: str, broker: GroupBroker) -> None:
         self.group_id = group_id
         self._broker = broker
         self.generation = 0

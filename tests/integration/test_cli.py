@@ -189,7 +189,12 @@ def test_unknown_app_and_table_say_what_exists(
     assert main(["tables", "--app", "no-such-app", "--broker", url]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "no tables of app 'no-such-app'" in err
-    assert f"{app}-counts-changelog" in err  # what is there instead
+    assert "changelog topics on this broker" in err  # what is there instead
+    typo = app[:-1] + "x"  # a mistyped app id: its own topics come first
+    assert main(["tables", "--app", typo, "--broker", url]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"no tables of app '{typo}'" in err
+    assert f"most similar first: {app}-" in err
 
 
 def test_inspecting_an_unreachable_broker_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,8 +46,13 @@ class UnknownApp(TrioTablesError):
                 "empty: inspect apps on a kafka://host:port broker"
             )
         elif changelogs:
-            shown = ", ".join(changelogs[:8]) + (", ..." if len(changelogs) > 8 else "")
-            hint = f"changelog topics on this broker: {shown}"
+            # The most similar names first: a mistyped app id shows its own topics.
+            ranked = sorted(
+                changelogs, key=lambda topic: -difflib.SequenceMatcher(None, app, topic).ratio()
+            )
+            shown = ", ".join(ranked[:8])
+            more = f" and {len(ranked) - 8} more" if len(ranked) > 8 else ""
+            hint = f"changelog topics on this broker, the most similar first: {shown}{more}"
         else:
             hint = "this broker has no changelog topics at all: is it the right broker?"
         super().__init__(

@@ -32,8 +32,9 @@ import trio
 
 from ._assignor import KeyMetadata, TablesAssignor
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
-from ._codecs import JsonCodec, RawCodec, resolve_codec
+from ._codecs import JsonCodec, resolve_codec
 from ._exactly_once import Transactions
+from ._partitioner import key_bytes
 from ._rebalance import Assignment, RebalanceSupervisor
 from ._recovery import RecoveryStatus, TableMessage, run_table
 from ._stream import DecodeErrorPolicy, Stream, current_event
@@ -57,7 +58,7 @@ from ._transport._base import (
     RebalanceProtocol,
     Transport,
 )
-from .errors import CommitFailed, PartitionCountMismatch, UnknownTopic
+from .errors import CommitFailed, PartitionCountMismatch, RecoveryFailed, UnknownTopic
 
 __all__ = ["TableManager"]
 
@@ -74,7 +75,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
         if isinstance(exc, BaseExceptionGroup):
             for inner in exc.exceptions:
                 walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
+        elif not isinstance(exc, trio.Cancelled) and all(exc is not seen for seen in leaves):
             leaves.append(exc)
 
     walk(group)
@@ -182,6 +183,8 @@ class TableManager:
         self._to_pause: set[TP] = set()
         self._to_resume: set[TP] = set()
         self._recovery_event = trio.Event()
+        self._recovery_error: RecoveryFailed | None = None
+        self._stopped = False
         self._failing = False
         self._events_since_take = 0
         self._cycle_done: trio.Event | None = None
@@ -241,6 +244,8 @@ class TableManager:
     ) -> bool:
         assert self._stack is not None
         assert self._nursery is not None
+        self._stopped = True
+        self._recovery_changed()
         try:
             if exc is None:
                 with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
@@ -295,7 +300,10 @@ class TableManager:
 
     # -- tables -------------------------------------------------------------------------
     def Table(self, name: str, **kwargs: Any) -> Table:
-        """Create and register a :class:`Table` (see SPEC.md section 1 for keywords)."""
+        """Create and register a :class:`Table` (see SPEC.md section 1 for keywords;
+        ``is_global=True``, Faust's flag, makes a :class:`GlobalTable`)."""
+        if kwargs.get("is_global"):
+            return self.GlobalTable(name, **kwargs)
         table = Table(self, name, **kwargs)
         self.add(table)
         return table
@@ -307,7 +315,10 @@ class TableManager:
         return table
 
     def SetTable(self, name: str, **kwargs: Any) -> SetTable:
-        """Create and register a :class:`SetTable` (values are sets)."""
+        """Create and register a :class:`SetTable` (values are sets;
+        ``is_global=True`` makes a :class:`GlobalSetTable`)."""
+        if kwargs.get("is_global"):
+            return self.GlobalSetTable(name, **kwargs)
         table = SetTable(self, name, **kwargs)
         self.add(table)
         return table
@@ -385,7 +396,9 @@ class TableManager:
             await self._table_channels[table.name].send(request)
             await request.done.wait()
             if request.error is not None:
-                raise request.error
+                raise self._recovery_failed(table.name, partitions, request.error) from (
+                    request.error
+                )
             still_ready = partitions & self._ready
             if request.completed:
                 table.activate(still_ready)
@@ -575,30 +588,27 @@ class TableManager:
     ) -> Delivery:
         """Produce an output record; returns its :class:`Delivery` (await
         ``delivery.wait()`` for the acknowledgement). Keys that are ``bytes``/``str`` are
-        sent raw, other keys and all non-bytes values as JSON. The next commit waits for
-        its acknowledgement. Cancelled while waiting for room: nothing was sent.
+        sent raw (``str`` as UTF-8), other keys and all non-bytes values as JSON; with
+        ``partition=None`` the key picks the partition as ``table.partition_for_key``
+        says (murmur2 of those key bytes, Kafka's default partitioner). The next commit
+        waits for its acknowledgement. Cancelled while waiting for room: nothing was
+        sent.
 
         Under ``exactly_once`` the record joins the open transaction: ``read_committed``
         consumers see it when the commit interval's transaction commits (together with
         the offset of the event that sent it), never if it aborts. The delivery settles
         on the broker's acknowledgement, before that commit."""
         assert self._producer is not None, "use send() inside `async with manager`"
-        key_bytes = (
-            None
-            if key is None
-            else (
-                RawCodec().encode(key) if isinstance(key, (bytes, str)) else JsonCodec().encode(key)
-            )
-        )
+        key_data = None if key is None else key_bytes(key)
         value_bytes = (
             value if isinstance(value, bytes) or value is None else JsonCodec().encode(value)
         )
         if self._transactions is not None:
             return await self._transactions.send(
-                topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+                topic, value_bytes, key=key_data, partition=partition, headers=headers
             )
         return await self._producer.send(
-            topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+            topic, value_bytes, key=key_data, partition=partition, headers=headers
         )
 
     # -- group membership ------------------------------------------------------------------
@@ -963,9 +973,11 @@ class TableManager:
                         await self._table_channels[name].send(request)
                     for request in requests:
                         await request.done.wait()
-                    for request in requests:
+                    for name, request in zip(missing, requests, strict=True):
                         if request.error is not None:
-                            raise request.error
+                            raise self._recovery_failed(
+                                name, partitions, request.error
+                            ) from request.error
                     if not all(request.completed for request in requests):
                         return
                     done.update(missing)
@@ -1076,6 +1088,20 @@ class TableManager:
         self._recovery_event.set()
         self._recovery_event = trio.Event()
 
+    def _recovery_failed(
+        self, table: str, partitions: frozenset[int], error: BaseException
+    ) -> RecoveryFailed:
+        """Remember a failed restore: the error the manager stops with, which recovery
+        waiters raise too (the same object: the manager reports it once)."""
+        if self._recovery_error is None:
+            self._recovery_error = RecoveryFailed(table, sorted(partitions), error)
+        self._recovery_changed()
+        return self._recovery_error
+
+    def _check_recovery(self) -> None:
+        if self._recovery_error is not None:
+            raise self._recovery_error
+
     def _fully_recovered(self) -> bool:
         if not self._supervisor.assignment_seen.is_set():
             return False
@@ -1085,18 +1111,32 @@ class TableManager:
     async def wait_until_recovered(self) -> None:
         """Wait until this worker has its first assignment and every assigned partition is
         recovered by every table (at once when no stream was opened), and every global
-        table has read up to the end offsets seen when it started.
+        table has read up to the end offsets seen when it started. Raises
+        :class:`~trio_tables.errors.RecoveryFailed` when a restore failed (the manager
+        stops with its cause) instead of returning over a half-restored table.
         Cancellation: safe, nothing is waiting on the caller."""
+        await self._wait_recovered()
+
+    async def _wait_recovered(self) -> bool:
+        """:meth:`wait_until_recovered`; ``True`` if the manager stopped first."""
         while not (self._group_done is None or self._fully_recovered()):
+            self._check_recovery()
+            if self._stopped:
+                return True
             await self._recovery_event.wait()
+        self._check_recovery()
         for table in list(self.tables.values()):
             if table.is_global:
                 await self._table_ready[table.name].wait()
                 await table.wait_caught_up()
+        return False
 
-    async def wait_until_recovery_completed(self) -> None:
-        """Faust's name for :meth:`wait_until_recovered`."""
-        await self.wait_until_recovered()
+    async def wait_until_recovery_completed(self) -> bool:
+        """Faust's name for :meth:`wait_until_recovered`, with Faust's result: ``False``
+        once recovered, ``True`` if the manager stopped before (Faust: "stopped").
+        Raises :class:`~trio_tables.errors.RecoveryFailed` when a restore failed.
+        Cancellation: safe."""
+        return await self._wait_recovered()
 
     def recovery_progress(self) -> dict[str, dict[int, tuple[int, int]]]:
         """Per table and partition: ``(position, target)`` of the current or last

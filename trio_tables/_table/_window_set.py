@@ -155,15 +155,15 @@ class WindowSet:
 
     def _event_timestamp(self, event: Event | None) -> int:
         """The timestamp of ``event`` (default: the current event), whatever the
-        wrapper's relativity; inside ``wrapper.at(ts)`` that timestamp."""
-        explicit = explicit_timestamp.get()
-        if explicit is not None:
-            return explicit
+        wrapper's relativity; with no event, that of ``wrapper.at(ts)``."""
         if event is None:
             event = current_event.get()
-        if event is None:
+        if event is not None:
+            return event.timestamp
+        explicit = explicit_timestamp.get()
+        if explicit is None:
             raise NoWindowTimestamp(self.wrapper.name)
-        return event.timestamp
+        return explicit
 
     def _get(
         self, delta: Any, event: Event | None = None, timestamp: int | None = None

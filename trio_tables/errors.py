@@ -227,8 +227,9 @@ class TableTypeError(TrioTablesError, TypeError):
     def __init__(self, table: str, value: object, *, expected: str, problem: str, fix: str):
         actual = type(value).__qualname__
         super().__init__(
-            f"table {table!r}: the {self.what} {value!r} ({actual}) {problem}; expected "
-            f"{expected}. Fix: {fix}"
+            f"table {table!r}: bad {self.what} {value!r}: expected {expected}, got {actual}"
+            + (f"; it {problem}" if problem else "")
+            + f". Fix: {fix}"
         )
         self.table = table
         self.value = value

@@ -40,6 +40,26 @@ def _plain_tuple(key: tuple[Any, ...]) -> bool:
     return True
 
 
+# Exact types of JSON values that always come back equal.
+_JSON_ATOMS = frozenset({str, int, float, bool, type(None)})
+_MAX_DEPTH = 64  # deeper (or circular) values take the full check
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made of JSON atoms, lists and str-keyed dicts only (exact
+    types): such a value comes back equal from JSON, no need to encode it to know."""
+    kind = type(value)
+    if kind in _JSON_ATOMS:
+        return True
+    if depth > _MAX_DEPTH:
+        return False
+    if kind is list:
+        return all(_plain_json(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _has_nan(key: Any) -> bool:
     if isinstance(key, float):
         return math.isnan(key)
@@ -75,7 +95,7 @@ def _compared(codec: Codec) -> bool:
 def _expected(codec: Codec, what: str) -> str:
     type_ = getattr(codec, "type", None)
     if type_ is not None:
-        return f"a {type_.__qualname__} ({what}_type)"
+        return f"{type_.__qualname__} (the table's {what}_type)"
     if isinstance(codec, JsonCodec):
         if what == "key":
             return "a JSON key: str, int, float (not NaN), bool, None, or a tuple of them"
@@ -91,7 +111,7 @@ def _expected(codec: Codec, what: str) -> str:
 def _why_lossy(value: Any, back: Any) -> str:
     """Why ``value`` came back as ``back`` (what to say in the error)."""
     if isinstance(value, list) and isinstance(back, tuple):
-        return "is a list, which is not hashable: it cannot be a key"
+        return "is a list, which is not hashable and cannot be a key"
     if isinstance(value, (set, frozenset, tuple)) and isinstance(back, (list, tuple)):
         return f"is written as a JSON array and would come back as {back!r}"
     if isinstance(value, dict) and any(not isinstance(k, str) for k in value):
@@ -103,17 +123,25 @@ def _problem(codec: Codec, value: Any) -> tuple[str, str] | None:
     """``None`` if ``value`` round-trips through ``codec``, else ``(problem, kind)``
     with kind ``"type"`` (wrong type), ``"encode"`` (not encodable) or ``"lossy"``
     (would come back different)."""
+    if (
+        type(codec) is JsonCodec
+        and codec.type in (None, list, dict)
+        and (codec.type is None or type(value) is codec.type)
+        and _plain_json(value)
+    ):
+        return None  # the common case of lists and dicts, without encoding
     try:
-        check_encodable(codec, value)
+        if not _compared(codec):
+            check_encodable(codec, value)
+            return None
+        data = codec.encode(value)
     except (TypeError, ValueError) as exc:
         type_ = getattr(codec, "type", None)
         if type_ is not None and not isinstance(value, type_):
-            return f"is not a {type_.__qualname__}", "type"
+            return "", "type"
         return f"cannot be encoded ({exc})", "encode"
-    if not _compared(codec):
-        return None
     try:
-        back = codec.decode(codec.encode(value))
+        back = codec.decode(data)
     except (CodecError, TypeError, ValueError) as exc:
         return f"would not decode from the changelog ({exc})", "lossy"
     if _same(back, value):

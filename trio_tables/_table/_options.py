@@ -18,12 +18,18 @@ if TYPE_CHECKING:
 __all__ = ["accepted_options", "check_options", "clone_table", "from_schema"]
 
 
-def accepted_options() -> list[str]:
-    """The keywords every table constructor accepts (after ``manager`` and ``name``)."""
-    from ._collection import Collection
-
-    parameters = inspect.signature(Collection.__init__).parameters.values()
-    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+def accepted_options(table_class: type) -> list[str]:
+    """The keywords a table class accepts (after ``manager`` and ``name``): those of
+    the first ``__init__`` in its MRO that names them (subclasses pass ``**kwargs``)."""
+    for cls in table_class.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if names:
+            return names
+    return []
 
 
 def check_options(
@@ -33,7 +39,9 @@ def check_options(
     ``TypeError`` for ``is_global=`` that contradicts the class (Faust's flag: here the
     class says it, ``manager.Table(is_global=True)`` makes a :class:`GlobalTable`)."""
     if unknown:
-        raise UnknownTableOption(table_class.__name__, list(unknown), accepted_options())
+        raise UnknownTableOption(
+            table_class.__name__, list(unknown), accepted_options(table_class)
+        )
     if is_global is not None and bool(is_global) != bool(table_class.is_global):
         wanted = "a GlobalTable (manager.GlobalTable(...))" if is_global else "a Table"
         raise TypeError(

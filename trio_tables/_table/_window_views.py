@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._stream import Event
+from ._window_set import WindowSet
 
 if TYPE_CHECKING:
     from ._windowed import WindowWrapper
@@ -27,8 +28,6 @@ class _WindowedView:
         """``(key, value)`` of every key with a value in the window chosen by ``how``
         (``"relative"``: the wrapper's relativity, ``"now"``, ``"current"``,
         ``"delta"``)."""
-        from ._windowed import WindowSet
-
         wrapper = self._wrapper
         event = event or self.event
         for key in wrapper._index_keys():

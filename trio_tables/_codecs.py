@@ -7,7 +7,9 @@ values JSON, changelog keys and values JSON. ``"pickle"`` is opt-in only.
 
 Types understood by the built-in codecs: ``str``, ``bytes``, ``int``, ``float``,
 ``bool``, ``dict``, ``list`` and attrs classes (encoded as JSON objects of their fields,
-rebuilt on decode, nested attrs fields included).
+rebuilt on decode, nested attrs fields included); table keys also tuples (JSON arrays
+decode as tuples for keys). Tables refuse at the write what would not come back equal
+(see ``trio_tables/_table/_checks.py``).
 """
 
 from __future__ import annotations
@@ -136,11 +138,25 @@ def trivially_encodable(codec: Codec) -> frozenset[type]:
     return frozenset()
 
 
+def _tuples(data: Any) -> Any:
+    """``data`` with every JSON array turned into a tuple (nested too)."""
+    if isinstance(data, list):
+        return tuple(_tuples(item) for item in data)
+    if isinstance(data, dict):
+        return {key: _tuples(value) for key, value in data.items()}
+    return data
+
+
 @attrs.frozen
 class JsonCodec:
-    """Compact JSON (UTF-8). Decoding checks the type when one is given."""
+    """Compact JSON (UTF-8). Decoding checks the type when one is given.
+
+    ``tuples=True`` (the codec of table keys) decodes JSON arrays as tuples, nested
+    too, as Faust does for keys: a tuple key is written as an array and must come
+    back hashable and equal."""
 
     type: type | None = None
+    tuples: bool = attrs.field(default=False, kw_only=True)
 
     def encode(self, value: Any) -> bytes:
         # Fast paths for what tables store most (every changelog record and store write
@@ -171,6 +187,8 @@ class JsonCodec:
             decoded = json.loads(data)
         except (ValueError, TypeError) as exc:
             raise CodecError(f"not valid JSON: {bytes(data)[:80]!r}") from exc
+        if self.tuples:
+            decoded = _tuples(decoded)
         value = _from_jsonable(decoded, self.type)
         if self.type is float and isinstance(value, int):
             value = float(value)
@@ -233,11 +251,14 @@ _BY_NAME: dict[str, Callable[[type | None], Codec]] = {
 }
 
 
-def resolve_codec(serializer: str | Codec | None, type_: type | None, *, default: str) -> Codec:
+def resolve_codec(
+    serializer: str | Codec | None, type_: type | None, *, default: str, keys: bool = False
+) -> Codec:
     """The codec for a ``serializer`` setting and a ``key_type``/``value_type``.
 
     ``serializer`` is a name (``"json"``, ``"raw"``, ``"pickle"``), a codec object, or
     ``None`` for ``default``. A ``bytes`` type with the default JSON serializer means raw.
+    ``keys=True``: the codec of table keys (JSON arrays decode as tuples).
     """
     if serializer is not None and not isinstance(serializer, str):
         if not isinstance(serializer, Codec):
@@ -252,4 +273,6 @@ def resolve_codec(serializer: str | Codec | None, type_: type | None, *, default
         raise ValueError(
             f"unknown serializer {name!r}: use one of {sorted(_BY_NAME)} or a codec object"
         ) from None
+    if factory is JsonCodec:
+        return JsonCodec(type_, tuples=keys)
     return factory(type_)

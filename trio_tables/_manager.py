@@ -34,9 +34,10 @@ import trio
 
 from ._assignor import KeyMetadata
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
-from ._codecs import JsonCodec, RawCodec, resolve_codec
+from ._codecs import JsonCodec, resolve_codec
 from ._core import build_core
 from ._hooks import ManagerHooks
+from ._partitioner import key_bytes
 from ._recovery import RecoveryStatus
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
@@ -72,7 +73,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
         if isinstance(exc, BaseExceptionGroup):
             for inner in exc.exceptions:
                 walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
+        elif not isinstance(exc, trio.Cancelled) and all(exc is not seen for seen in leaves):
             leaves.append(exc)
 
     walk(group)
@@ -231,6 +232,7 @@ class TableManager(ManagerHooks):
     ) -> bool:
         assert self._stack is not None
         assert self._nursery is not None
+        self._supervisor.stopped()
         try:
             if exc is None:
                 with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
@@ -277,7 +279,10 @@ class TableManager(ManagerHooks):
 
     # -- tables -------------------------------------------------------------------------
     def Table(self, name: str, **kwargs: Any) -> Table:
-        """Create and register a :class:`Table` (see SPEC.md section 1 for keywords)."""
+        """Create and register a :class:`Table` (see SPEC.md section 1 for keywords;
+        ``is_global=True``, Faust's flag, makes a :class:`GlobalTable`)."""
+        if kwargs.get("is_global"):
+            return self.GlobalTable(name, **kwargs)
         table = Table(self, name, **kwargs)
         self.add(table)
         return table
@@ -289,7 +294,10 @@ class TableManager(ManagerHooks):
         return table
 
     def SetTable(self, name: str, **kwargs: Any) -> SetTable:
-        """Create and register a :class:`SetTable` (values are sets)."""
+        """Create and register a :class:`SetTable` (values are sets;
+        ``is_global=True`` makes a :class:`GlobalSetTable`)."""
+        if kwargs.get("is_global"):
+            return self.GlobalSetTable(name, **kwargs)
         table = SetTable(self, name, **kwargs)
         self.add(table)
         return table
@@ -432,30 +440,27 @@ class TableManager(ManagerHooks):
     ) -> Delivery:
         """Produce an output record; returns its :class:`Delivery` (await
         ``delivery.wait()`` for the acknowledgement). Keys that are ``bytes``/``str`` are
-        sent raw, other keys and all non-bytes values as JSON. The next commit waits for
-        its acknowledgement. Cancelled while waiting for room: nothing was sent.
+        sent raw (``str`` as UTF-8), other keys and all non-bytes values as JSON; with
+        ``partition=None`` the key picks the partition as ``table.partition_for_key``
+        says (murmur2 of those key bytes, Kafka's default partitioner). The next commit
+        waits for its acknowledgement. Cancelled while waiting for room: nothing was
+        sent.
 
         Under ``exactly_once`` the record joins the open transaction: ``read_committed``
         consumers see it when the commit interval's transaction commits (together with
         the offset of the event that sent it), never if it aborts. The delivery settles
         on the broker's acknowledgement, before that commit."""
         assert self._producer is not None, "use send() inside `async with manager`"
-        key_bytes = (
-            None
-            if key is None
-            else (
-                RawCodec().encode(key) if isinstance(key, (bytes, str)) else JsonCodec().encode(key)
-            )
-        )
+        key_data = None if key is None else key_bytes(key)
         value_bytes = (
             value if isinstance(value, bytes) or value is None else JsonCodec().encode(value)
         )
         if self._transactions is not None:
             return await self._transactions.send(
-                topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+                topic, value_bytes, key=key_data, partition=partition, headers=headers
             )
         return await self._producer.send(
-            topic, value_bytes, key=key_bytes, partition=partition, headers=headers
+            topic, value_bytes, key=key_data, partition=partition, headers=headers
         )
 
     # -- commits ---------------------------------------------------------------------------
@@ -546,19 +551,33 @@ class TableManager(ManagerHooks):
     async def wait_until_recovered(self) -> None:
         """Wait until this worker has its first assignment and every assigned partition is
         recovered by every table (at once when no stream was opened), and every global
-        table has read up to the end offsets seen when it started.
+        table has read up to the end offsets seen when it started. Raises
+        :class:`~trio_tables.errors.RecoveryFailed` when a restore failed (the manager
+        stops with its cause) instead of returning over a half-restored table.
         Cancellation: safe, nothing is waiting on the caller."""
+        await self._wait_recovered()
+
+    async def _wait_recovered(self) -> bool:
+        """:meth:`wait_until_recovered`; ``True`` if the manager stopped first."""
         supervisor = self._supervisor
-        while not (not self._membership.joined or supervisor.fully_recovered()):
+        while self._membership.joined and not supervisor.fully_recovered():
+            supervisor.check_recovery()
+            if supervisor.is_stopped:
+                return True
             await supervisor.recovery_changed.wait()
+        supervisor.check_recovery()
         for table in list(self.tables.values()):
             if table.is_global:
                 await self._registry.wait_until_ready(table)
                 await table.wait_caught_up()
+        return False
 
-    async def wait_until_recovery_completed(self) -> None:
-        """Faust's name for :meth:`wait_until_recovered`."""
-        await self.wait_until_recovered()
+    async def wait_until_recovery_completed(self) -> bool:
+        """Faust's name for :meth:`wait_until_recovered`, with Faust's result: ``False``
+        once recovered, ``True`` if the manager stopped before (Faust: "stopped").
+        Raises :class:`~trio_tables.errors.RecoveryFailed` when a restore failed.
+        Cancellation: safe."""
+        return await self._wait_recovered()
 
     def recovery_progress(self) -> dict[str, dict[int, tuple[int, int]]]:
         """Per table and partition: ``(position, target)`` of the current or last

@@ -37,6 +37,7 @@ from ._ledger import PartitionLedger
 from ._registry import TableRegistry
 from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._transport._base import TP
+from .errors import RecoveryFailed
 
 __all__ = ["Assignment", "RebalanceHooks", "RebalanceSupervisor"]
 
@@ -130,6 +131,10 @@ class RebalanceSupervisor:
         ](float("inf"))
         # Set (and replaced) whenever recovery state changes.
         self.recovery_changed = trio.Event()
+        # The first failed restore: what the manager stops with and recovery waiters
+        # raise (the same object, so it is reported once).
+        self.recovery_error: RecoveryFailed | None = None
+        self.is_stopped = False
         self._nursery: trio.Nursery | None = None
 
     # -- the listener ------------------------------------------------------------------
@@ -269,9 +274,11 @@ class RebalanceSupervisor:
                         await self._registry.channels[table.name].send(request)
                     for request in requests:
                         await request.done.wait()
-                    for request in requests:
+                    for table, request in zip(missing, requests, strict=True):
                         if request.error is not None:
-                            raise request.error
+                            raise self._recovery_failed(
+                                table.name, partitions, request.error
+                            ) from request.error
                     if not all(request.completed for request in requests):
                         return
                     done.update(table.name for table in missing)
@@ -320,7 +327,9 @@ class RebalanceSupervisor:
             await self._registry.channels[table.name].send(request)
             await request.done.wait()
             if request.error is not None:
-                raise request.error
+                raise self._recovery_failed(table.name, partitions, request.error) from (
+                    request.error
+                )
             still_ready = partitions & self._ledger.ready
             if request.completed:
                 table.activate(still_ready)
@@ -328,6 +337,25 @@ class RebalanceSupervisor:
         finally:
             self._flow.release(tp for tp in tps if tp.partition in self._ledger.ready)
             self._changed()
+
+    def _recovery_failed(
+        self, table: str, partitions: frozenset[int], error: BaseException
+    ) -> RecoveryFailed:
+        """Remember a failed restore (the first one)."""
+        if self.recovery_error is None:
+            self.recovery_error = RecoveryFailed(table, sorted(partitions), error)
+        self._changed()
+        return self.recovery_error
+
+    def check_recovery(self) -> None:
+        """Raise the failed restore's error, if one failed."""
+        if self.recovery_error is not None:
+            raise self.recovery_error
+
+    def stopped(self) -> None:
+        """The manager is stopping: recovery waiters stop waiting."""
+        self.is_stopped = True
+        self._changed()
 
     def _changed(self) -> None:
         self.recovery_changed.set()

@@ -249,8 +249,8 @@ class Stream:
         logger.warning("skipped undecodable record (%d so far): %s", self.skipped, error)
         self._event_processed(record.tp, record.offset)
 
-    def __aiter__(self) -> Stream:
-        return self
+    def __aiter__(self) -> _Loop:
+        return _Loop(self)
 
     async def __anext__(self) -> Event:
         # The hot path: one call per event. The previous event is finished here, and
@@ -316,6 +316,15 @@ class Stream:
             self._reader = None
             raise
 
+    def _loop_left(self) -> None:
+        """An ``async for`` loop over this stream was left (``break``, ``return``, an
+        exception): the event in progress is no longer the *current* event of the task
+        that left (reads and writes there are outside an event again). It still counts
+        as processed only when the stream asks for the next one, is acked or closes."""
+        event = self._current
+        if event is not None and current_event.get() is event:
+            current_event.set(None)
+
     def ack(self) -> None:
         """Mark the event in progress as processed now (its offset may be committed and
         it is no longer the current event), as asking for the next event would. For
@@ -344,3 +353,27 @@ class Stream:
             self._set_current_done()
         self.closed = True
         self._changed.set()
+
+
+class _Loop:
+    """One ``async for`` loop over a :class:`Stream` (what ``__aiter__`` returns).
+
+    It exists to notice that the loop was left: Python drops the loop's iterator right
+    when ``break``/``return``/an exception leaves an ``async for`` (CPython frees it at
+    once), and ``__del__`` then tells the stream, which ends the current-event scope of
+    the last event (table reads after the loop see every active partition, not only
+    that event's; SPEC section 1). Per event it costs one call."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Loop:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, Event]:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._loop_left()

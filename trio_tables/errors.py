@@ -17,13 +17,19 @@ __all__ = [
     "PartitionNotOwned",
     "ProducerFenced",
     "RecordDecodeError",
+    "RecoveryFailed",
+    "TableKeyTypeError",
+    "TableTypeError",
+    "TableValueTypeError",
     "TableWriteOutsideStream",
     "TransactionAborted",
     "TransactionError",
     "TransportClosed",
     "TrioTablesError",
+    "UnknownTableOption",
     "UnknownTopic",
     "UnsupportedBrokerURL",
+    "UnsupportedOperation",
     "WorkerFenced",
 ]
 
@@ -209,3 +215,78 @@ class NoWindowTimestamp(TrioTablesError, RuntimeError):
             f"use `with table.at(timestamp_ms): ...`, or make it relative_to_now()"
         )
         self.table = table
+
+
+class TableTypeError(TrioTablesError, TypeError):
+    """A table write of a key or value that the table cannot keep: the wrong type, or
+    one that would not come back equal from the changelog. Raised at the write;
+    nothing reaches the table or the changelog. ``what`` is ``"key"`` or ``"value"``."""
+
+    what = "key or value"
+
+    def __init__(self, table: str, value: object, *, expected: str, problem: str, fix: str):
+        actual = type(value).__qualname__
+        super().__init__(
+            f"table {table!r}: bad {self.what} {value!r}: expected {expected}, got {actual}"
+            + (f"; it {problem}" if problem else "")
+            + f". Fix: {fix}"
+        )
+        self.table = table
+        self.value = value
+        self.expected = expected
+        self.actual = actual
+        self.problem = problem
+        self.fix = fix
+
+
+class TableKeyTypeError(TableTypeError):
+    """A table write with a key of the wrong type, or one that would not come back
+    equal from the changelog (see :class:`TableTypeError`)."""
+
+    what = "key"
+
+
+class TableValueTypeError(TableTypeError):
+    """A table write with a value of the wrong type, or one that would not come back
+    equal from the changelog (see :class:`TableTypeError`)."""
+
+    what = "value"
+
+
+class UnknownTableOption(TrioTablesError, TypeError):
+    """A table was created with a keyword it does not know."""
+
+    def __init__(self, table_class: str, unknown: list[str], accepted: list[str]) -> None:
+        super().__init__(
+            f"{table_class}() got unknown keyword argument(s) {', '.join(sorted(unknown))}: "
+            f"the accepted ones are {', '.join(accepted)}"
+        )
+        self.unknown = sorted(unknown)
+        self.accepted = accepted
+
+
+class UnsupportedOperation(TrioTablesError, NotImplementedError):
+    """A Faust method that trio_tables deliberately does not implement; the message
+    names what to use instead."""
+
+    def __init__(self, operation: str, alternative: str) -> None:
+        super().__init__(f"{operation} is not supported by trio_tables: {alternative}")
+        self.operation = operation
+        self.alternative = alternative
+
+
+class RecoveryFailed(TrioTablesError):
+    """Restoring a table from its changelog failed: the worker stops (the manager
+    raises the cause) and waiters of the recovery get this error instead of a
+    half-restored table."""
+
+    def __init__(self, table: str, partitions: list[int], cause: BaseException) -> None:
+        super().__init__(
+            f"recovery of partitions {partitions} of table {table!r} failed ({cause!r}): "
+            "the worker stops. Fix the cause (an undecodable changelog record means the "
+            "table's key_type/value_type or serializers do not match what was written) "
+            "and restart"
+        )
+        self.table = table
+        self.partitions = partitions
+        self.cause = cause

@@ -28,6 +28,8 @@ from trio_tables.errors import (
     BrokerUnavailable,
     PartitionCountMismatch,
     RecordDecodeError,
+    TableKeyTypeError,
+    TableValueTypeError,
     UnknownTopic,
 )
 
@@ -145,11 +147,14 @@ async def test_wrong_value_type_raises_at_the_write_and_sends_nothing(
             counts = manager.Table("counts", default=int, key_type=str, value_type=int)
             async with manager.stream(topic, key_type=str) as events:
                 async for event in events:
-                    with pytest.raises(TypeError, match="expected int, got str"):
+                    wrong_value = r"bad value 'one': expected int .*, got str"
+                    with pytest.raises(TableValueTypeError, match=wrong_value):
                         counts[event.key] = "one"
-                    with pytest.raises(TypeError, match="expected str, got int"):
+                    wrong_key = r"bad key 7: expected str .*, got int"
+                    with pytest.raises(TableKeyTypeError, match=wrong_key):
                         counts[7] = 1
-                    with pytest.raises(TypeError, match="expected int, got bool"):
+                    wrong_bool = r"bad value True: expected int .*, got bool"
+                    with pytest.raises(TableValueTypeError, match=wrong_bool):
                         counts[event.key] = True
                     assert event.key not in counts
                     break

@@ -153,7 +153,9 @@ def test_show_rebuilds_a_table_from_its_changelog(
 ) -> None:
     app, url = word_count_app
     assert main(["show", "counts", "--app", app, "--broker", url]) == EXIT_OK
-    out = ANSI.sub("", capsys.readouterr().out)
+    raw = capsys.readouterr().out
+    assert "\x1b[" not in raw  # captured output is not a terminal: no ANSI codes
+    out = ANSI.sub("", raw)
     assert "table counts of app" in out
     assert "3 keys in 2 partitions" in out
     shown = dict(re.findall(r"│ '(\w+)'\s+│ (\d+)\s+│", out))

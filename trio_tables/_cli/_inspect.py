@@ -150,7 +150,11 @@ async def run_show(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"table {escape(args.table)} of app {escape(args.app)}: {rows:,} keys in "
         f"{len(table.active_partitions)} partitions{partial}"
     )
-    out.file.write(table.as_ansitable(title=args.table, limit=max(args.limit, 0)))
+    # Colours only on a terminal (rich's detection of the output): none in a pipe.
+    title = args.table.replace("{", "{{").replace("}", "}}")
+    out.file.write(
+        table.as_ansitable(title, limit=max(args.limit, 0), color=out.is_terminal)
+    )
     out.file.flush()
     table.close()
     return EXIT_OK

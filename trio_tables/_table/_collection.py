@@ -15,7 +15,6 @@ the offset of the last acknowledged record, in one store transaction.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -26,9 +25,7 @@ from typing import Any
 
 import attrs
 import trio
-from kafka.partitioner.default import murmur2
 
-from .._asyncio import is_asyncio_function, run_asyncio
 from .._changelog import (
     ChangelogBuffer,
     SourceOffset,
@@ -38,7 +35,8 @@ from .._changelog import (
     to_records,
     uncommitted_filter,
 )
-from .._codecs import Codec, check_encodable, resolve_codec, trivially_encodable
+from .._codecs import Codec, resolve_codec, trivially_encodable
+from .._partitioner import partition_of
 from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
@@ -52,10 +50,13 @@ from .._windows import (
     Window,
     to_ms,
 )
-from ..errors import PartitionNotOwned, TableWriteOutsideStream
+from ..errors import PartitionNotOwned, TableWriteOutsideStream, UnsupportedOperation
 from ._callbacks import call_callback
+from ._checks import check_key, check_value, partition_key_error
+from ._display import render_table
 from ._host import TableHost
 from ._joins import Joined, JoinKey, lookup_join
+from ._options import check_options, clone_table, from_schema
 from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
@@ -159,25 +160,40 @@ class Collection:
         options: Mapping[str, Any] | None = None,
         key_serializer: Any = None,
         value_serializer: Any = None,
+        schema: Any = None,
+        window: Window | None = None,
+        recover_callbacks: Iterable[Callable[..., Any]] | None = None,
+        is_global: bool | None = None,
+        **unknown: Any,
     ) -> None:
+        # Faust's keywords: ``schema`` (key/value types and serializers), ``window``
+        # (as using_window(window)), ``recover_callbacks``, ``is_global`` (must match
+        # the class); anything else is an error listing the accepted keywords.
+        check_options(type(self), unknown, is_global)
+        key_type = from_schema(schema, "key_type", key_type)
+        value_type = from_schema(schema, "value_type", value_type)
+        key_serializer = from_schema(schema, "key_serializer", key_serializer)
+        value_serializer = from_schema(schema, "value_serializer", value_serializer)
         self.manager = manager
         self.app = manager
         self.name = name
         self.default = default
         self.key_type = key_type
         self.value_type = value_type
-        self.schema = None
+        self.schema = schema
+        self._serializers = (key_serializer, value_serializer)
         self.partitions = partitions
         self.help = help
         self.recovery_buffer_size = recovery_buffer_size
         self.standby_buffer_size = standby_buffer_size or recovery_buffer_size
         self.extra_topic_configs = dict(extra_topic_configs or {})
+        self._user_topic_configs = dict(self.extra_topic_configs)
         self.use_partitioner = use_partitioner
         self.options = dict(options or {})
         self.last_closed_window = 0.0
         self._on_window_close = on_window_close
         self._changelog_topic_name = changelog_topic or changelog_topic_name(manager.app_id, name)
-        self.key_codec: Codec = resolve_codec(key_serializer, key_type, default="json")
+        self.key_codec: Codec = resolve_codec(key_serializer, key_type, default="json", keys=True)
         self.value_codec: Codec = self._stored_value_codec(
             resolve_codec(value_serializer, value_type, default="json")
         )
@@ -189,7 +205,10 @@ class Collection:
             value_codec=self.value_codec,
         )
         self.logger = logging.getLogger(f"trio_tables.table.{name}")
-        self._recover_callbacks: list[Callable[..., Any]] = [on_recover] if on_recover else []
+        self._recover_callbacks: list[Callable[..., Any]] = [
+            *(recover_callbacks or ()),
+            *([on_recover] if on_recover else []),
+        ]
         self._changelog_callbacks: list[Callable[..., Any]] = (
             [on_changelog_event] if on_changelog_event else []
         )
@@ -230,6 +249,10 @@ class Collection:
         self._changelog_created = False
         # Set by using_window(): the table's keys are then (key, window start).
         self._windowing: Windowing | None = None
+        self._window_options: dict[str, Any] = {}  # using_window's options (for clone)
+        if window is not None:
+            self.using_window(window)
+            self._window_options["from_constructor"] = True
 
     # The codecs are properties: each remembers which exact types it accepts without a
     # check (what a write tests first, see _put).
@@ -241,7 +264,8 @@ class Collection:
     @key_codec.setter
     def key_codec(self, codec: Codec) -> None:
         self._key_codec = codec
-        self._plain_keys = trivially_encodable(codec)
+        # Keys needing no check (a float may be NaN: never a key).
+        self._plain_keys = trivially_encodable(codec) - {float}
 
     @property
     def value_codec(self) -> Codec:
@@ -280,21 +304,36 @@ class Collection:
         return f"<{self.label}>"
 
     def info(self) -> dict[str, Any]:
-        """The keyword arguments that re-create this table (Faust's ``info()``)."""
+        """The keyword arguments that re-create this table (Faust's ``info()``):
+        ``changelog_topic`` is ``None`` unless a custom one was given, ``window`` is the
+        window of a windowed table (its other options: see :meth:`clone`)."""
+        derived = changelog_topic_name(self.manager.app_id, self.name)
         return {
             "name": self.name,
             "default": self.default,
             "key_type": self.key_type,
             "value_type": self.value_type,
+            "key_serializer": self._serializers[0],
+            "value_serializer": self._serializers[1],
+            "schema": self.schema,
             "partitions": self.partitions,
             "store": self.store_url,
-            "changelog_topic": self._changelog_topic_name,
+            "changelog_topic": (
+                None if self._changelog_topic_name == derived else self._changelog_topic_name
+            ),
             "help": self.help,
+            "recover_callbacks": list(self._recover_callbacks),
+            "on_changelog_event": (
+                self._changelog_callbacks[0] if self._changelog_callbacks else None
+            ),
+            "on_window_close": self._on_window_close,
+            "window": self.window,
             "recovery_buffer_size": self.recovery_buffer_size,
             "standby_buffer_size": self.standby_buffer_size,
-            "extra_topic_configs": self.extra_topic_configs,
+            "extra_topic_configs": self._user_topic_configs,
             "use_partitioner": self.use_partitioner,
             "options": self.options,
+            "is_global": self.is_global,
         }
 
     def changelog_created(self, partitions: int) -> None:
@@ -304,21 +343,23 @@ class Collection:
 
     # -- partitions -------------------------------------------------------------------
     def partition_for_key(self, key: Any) -> int:
-        """The changelog partition Kafka's default partitioner picks for ``key``."""
+        """The partition Kafka's default partitioner picks for ``key`` sent as
+        :meth:`TableManager.send` sends it (``str`` as UTF-8, ``bytes`` as they are,
+        other keys as JSON: see :mod:`trio_tables._partitioner`), so the same as
+        ``manager.send(topic, key, ...)`` and a default Kafka producer. For a windowed
+        table ``key`` is ``(key, window start)``; all windows of a key share its
+        partition."""
         if not self.partitions:
             raise RuntimeError(
                 f"{self.label}: partition count not known yet (no source topic joined); "
                 "pass partitions= to the table"
             )
-        digest: int = murmur2(self._partition_key_bytes(key))
-        return (digest & 0x7FFFFFFF) % self.partitions
-
-    def _partition_key_bytes(self, key: Any) -> bytes:
-        """What the partitioner hashes: the key's bytes; for a windowed table the bytes
-        of the key without its window, so all windows of a key share a partition."""
         if self._windowing is not None:
-            return self._windowing.inner_key_codec.encode(key[0])
-        return self.key_codec.encode(key)
+            key = key[0]
+        try:
+            return partition_of(key, self.partitions)
+        except TypeError as exc:
+            raise partition_key_error(self, key, exc) from None
 
     @contextmanager
     def partition(self, partition: int) -> Iterator[None]:
@@ -437,9 +478,9 @@ class Collection:
         ``TypeError`` now, not at commit time); JSON scalars of the codec's type need no
         check and no copy (the per-event path)."""
         if type(key) not in self._plain_keys:
-            check_encodable(self._key_codec, key)
+            check_key(self, key)
         if value is not None and type(value) not in self._plain_values:
-            check_encodable(self._value_codec, value)
+            check_value(self, value)
             value = _detached(value)
         event = current_event.get()
         overlay = self._overlay.get(partition)
@@ -856,43 +897,34 @@ class Collection:
         return fn(*args)
 
     # -- display ---------------------------------------------------------------------------
-    def as_ansitable(self, *, title: str | None = None, limit: int = 100, **_: Any) -> str:
+    def as_ansitable(
+        self,
+        title: str = "{table.name}",
+        *,
+        limit: int = 100,
+        color: bool | None = None,
+        **_: Any,
+    ) -> str:
         """This worker's content (active partitions, sorted by key when keys allow) as
-        a terminal table with colours (rendered by rich), at most ``limit`` rows."""
-        from rich.console import Console
-        from rich.table import Table as RichTable
-
+        a terminal table, at most ``limit`` rows. ``title`` is formatted with
+        ``table=self`` (Faust's default: ``"{table.name}"``). ``color``: ANSI colours;
+        ``None`` means only when standard output is a terminal."""
         rows = [
             (key, value)
             for partition in sorted(self._active)
             for key, value in self._partition_items(partition)
         ]
-        with contextlib.suppress(TypeError):
-            rows.sort(key=lambda row: row[0])
-        table = RichTable(title=title or self.label)
-        table.add_column("key")
-        table.add_column("value")
-        for key, value in rows[:limit]:
-            table.add_row(repr(key), repr(value))
-        if len(rows) > limit:
-            table.caption = f"{limit} of {len(rows)} rows"
-        console = Console(width=100, force_terminal=True, color_system="standard")
-        with console.capture() as capture:
-            console.print(table)
-        return capture.get()
+        return render_table(rows, title=title.format(table=self), limit=limit, color=color)
 
-    def on_window_close(self, key: Any, value: Any) -> Any:
+    async def on_window_close(self, key: Any, value: Any) -> None:
         """Called when a window closes, with ``key`` = ``(key, (start, end))`` and the
         window's final ``value`` (windowed tables); calls the ``on_window_close=``
-        callback given to the table and returns its result (awaited when it is a
-        coroutine; a callback marked with ``asyncio_callback`` runs on the manager's
-        trio-asyncio loop)."""
+        callback given to the table (awaited when it is a coroutine function; a
+        callback marked with ``asyncio_callback`` runs on the manager's trio-asyncio
+        loop). Cancellation: propagates into the callback."""
         callback = self._on_window_close
-        if callback is None:
-            return None
-        if is_asyncio_function(callback):
-            return run_asyncio(callback, key, value)
-        return callback(key, value)
+        if callback is not None:
+            await call_callback(callback, key, value)
 
     # -- windows ------------------------------------------------------------------------------
     def tumbling(
@@ -967,14 +999,25 @@ class Collection:
         """
         if self.is_global:
             raise TypeError(f"{self.label}: global tables cannot be windowed")
-        if self._windowing is not None:
-            raise RuntimeError(f"{self.label} is windowed already")
         if self._changelog_created or self._active:
             raise RuntimeError(
                 f"{self.label} is running already: make a table windowed right after "
                 "creating it, before the manager starts it"
             )
+        if self._windowing is not None:
+            if not self._window_options.get("from_constructor"):
+                raise RuntimeError(f"{self.label} is windowed already")
+            # window= gave the window; this call gives the wrapper (and options).
+            self.key_codec = self._windowing.inner_key_codec
+            self.extra_topic_configs = dict(self._user_topic_configs)
         self.window = window
+        self._window_options = {
+            "key_index": key_index,
+            "grace": grace,
+            "expiry": expiry,
+            "clock": clock,
+            "final_results_topic": final_results_topic,
+        }
         self._windowing = Windowing(
             window,
             inner_key_codec=self.key_codec,
@@ -1063,35 +1106,60 @@ class Collection:
         return lookup_join(self._join_lookup, stream, on, keep_missing=True)
 
     def outer_join(self, *args: Any, **kwargs: Any) -> Any:
-        """Not supported: an outer join would also emit on table changes. Use
-        :meth:`left_join` (every event) or :meth:`join` (matching events)."""
-        raise NotImplementedError(
-            "outer_join is not supported: stream-table joins are lookups; use "
-            "table.left_join(stream) for every event or table.join(stream) for matches"
+        """Not supported: an outer join would also emit on table changes. Raises
+        :class:`~trio_tables.errors.UnsupportedOperation` naming :meth:`left_join`
+        (every event) and :meth:`join` (matching events)."""
+        raise UnsupportedOperation(
+            "outer_join",
+            "stream-table joins are lookups; use table.left_join(stream) for every "
+            "event or table.join(stream) for the events whose key is in the table",
         )
 
     def combine(self, *args: Any, **kwargs: Any) -> Any:
-        """Not supported (as in Faust): combine streams with ``trio`` tasks feeding a
-        memory channel, or use a join."""
-        raise NotImplementedError(
-            "combine is not supported: run one task per stream in a nursery, or use "
-            "table.join(stream) / table.left_join(stream)"
+        """Not supported (Faust never implemented it either): raises
+        :class:`~trio_tables.errors.UnsupportedOperation` naming the alternatives."""
+        raise UnsupportedOperation(
+            "combine",
+            "run one task per stream in a nursery (they may share tables), or use "
+            "table.join(stream) / table.left_join(stream)",
         )
 
     def contribute_to_stream(self, active: Any) -> None:
-        """Faust hook; tables here are fed by the manager, so there is nothing to do."""
+        """Faust's hook for stream-side joins (``stream.join(table)``), which do not
+        exist here: raises :class:`~trio_tables.errors.UnsupportedOperation` naming the
+        table-side join to use."""
+        raise UnsupportedOperation(
+            "contribute_to_stream",
+            "join from the table instead: `async for joined in table.join(stream)` "
+            "(or left_join); tables are fed by the manager, not by streams",
+        )
 
     async def remove_from_stream(self, stream: Any) -> None:
-        """Faust hook; tables here are fed by the manager, so there is nothing to do."""
+        """Faust's hook to undo :meth:`contribute_to_stream`: raises
+        :class:`~trio_tables.errors.UnsupportedOperation` (a table-side join ends when
+        its ``async for`` loop does)."""
+        raise UnsupportedOperation(
+            "remove_from_stream",
+            "a table.join(stream) / left_join(stream) ends when its `async for` loop "
+            "is left; nothing is attached to the stream",
+        )
 
     def clone(self, **kwargs: Any) -> Any:
-        """A new, unregistered table of the same class and settings, with ``kwargs``
-        overriding them (register it with ``manager.add``)."""
-        return type(self)(self.manager, **{**self.info(), **kwargs})
+        """A new, unregistered table of the same class and settings (serializers,
+        callbacks, window and window options), with ``kwargs`` overriding them; register
+        it with ``manager.add``. A clone with another ``name`` is a separate table with
+        its own changelog ``{app_id}-{name}-changelog`` (unless ``changelog_topic=``)."""
+        return clone_table(self, kwargs)
 
-    def need_active_standby_for(self, tp: TP) -> bool:
-        """Whether a standby copy of ``tp`` is useful (global tables hold everything)."""
-        return not self.is_global
+    async def need_active_standby_for(self, tp: TP) -> bool:
+        """Whether partition ``tp.partition`` needs a standby copy somewhere else for
+        this worker to have its data (Faust: ``False`` when the data is accessible
+        here): ``False`` for a partition active or kept warm here and for every
+        partition of a global table, ``True`` otherwise. Cancellation: nothing to
+        cancel (it answers at once)."""
+        if self.is_global:
+            return False
+        return not (tp.partition in self._active or tp.partition in self.standby_progress)
 
     # -- callbacks --------------------------------------------------------------------------
     def on_recover(self, callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -1099,10 +1167,20 @@ class Collection:
         self._recover_callbacks.append(callback)
         return callback
 
-    def on_changelog_event(self, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Register ``callback(record)`` for every changelog record applied."""
-        self._changelog_callbacks.append(callback)
-        return callback
+    def on_changelog_event(self, event: Any) -> Any:
+        """Two uses. With a callable: register ``callback(record)`` for every
+        changelog record applied, and return it (usable as a decorator; same as
+        ``on_changelog_event=``). With a changelog record (Faust's hook): a coroutine
+        that calls every registered callback with it, as applying it does.
+        Cancellation: propagates into the callback."""
+        if callable(event):
+            self._changelog_callbacks.append(event)
+            return event
+        return self._changelog_event(event)
+
+    async def _changelog_event(self, record: Any) -> None:
+        for callback in self._changelog_callbacks:
+            await call_callback(callback, record)
 
     async def call_recover_callbacks(self) -> None:
         for callback in self._recover_callbacks:

@@ -175,5 +175,5 @@ class SetTable(_SetMixin):
     be JSON-encodable (or encodable by ``value_serializer``) and hashable."""
 
 
-class GlobalSetTable(_SetMixin, GlobalTable):
+class GlobalSetTable(SetTable, GlobalTable):
     """A :class:`SetTable` that every worker holds whole (see :class:`GlobalTable`)."""

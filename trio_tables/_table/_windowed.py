@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._codecs import Codec, CodecError
-from .._store._base import MISSING
+from .._codecs import Codec, CodecError, trivially_encodable
 from .._stream import Event, current_event
 from .._windows import Window, WindowRange
 from ..errors import NoWindowTimestamp
-from ._values import TOMBSTONE, detached
+from ._window_set import WindowSet, explicit_timestamp
+from ._window_views import WindowedItemsView, WindowedKeysView, WindowedValuesView
 
 if TYPE_CHECKING:
     from ._collection import Collection
@@ -51,10 +49,12 @@ _START = struct.Struct(">q")
 class WindowedKeyCodec:
     """Codec of a windowed table's stored keys ``(key, start)``."""
 
-    __slots__ = ("inner",)
+    __slots__ = ("inner", "plain")
 
     def __init__(self, inner: Codec) -> None:
         self.inner = inner
+        # Inner keys of these exact types need no check (see _checks.check_key).
+        self.plain = trivially_encodable(inner) - {float}
 
     def encode(self, value: Any) -> bytes:
         if not (isinstance(value, tuple) and len(value) == 2 and type(value[1]) is int):
@@ -182,11 +182,30 @@ class Windowing:
                         yield key
 
 
-_explicit_timestamp: ContextVar[int | None] = ContextVar(
-    "trio_tables_window_timestamp", default=None
-)
-
 _RELATIVE_TO_NOW: Any = object()
+_RELATIVE_TO_STREAM: Any = object()  # clone(relative_to=None) keeps the relativity
+
+
+def _relative_handler(relative_to: Any) -> Any:
+    """What a wrapper stores for Faust's ``relative_to`` argument: ``None`` (the
+    event's timestamp), the now marker, or a function of the event giving a
+    ``datetime`` or seconds. A ``datetime`` or a number of seconds is a fixed time."""
+    if relative_to is None or relative_to is _RELATIVE_TO_STREAM:
+        return None
+    if relative_to is _RELATIVE_TO_NOW:
+        return relative_to
+    if isinstance(relative_to, datetime):
+        fixed: float = relative_to.timestamp()
+        return lambda event: fixed
+    if isinstance(relative_to, (int, float)) and not isinstance(relative_to, bool):
+        seconds = float(relative_to)
+        return lambda event: seconds
+    if callable(relative_to):
+        return relative_to
+    raise TypeError(
+        f"relative_to needs a function of the event, a datetime or seconds since the "
+        f"epoch, not {relative_to!r} (a field: relative_to_field(...))"
+    )
 
 
 class WindowWrapper:
@@ -214,7 +233,7 @@ class WindowWrapper:
             raise TypeError(f"{table.label} is not windowed: use table.tumbling(...) etc.")
         self.table = table
         self.key_index = key_index
-        self._relative_to = relative_to
+        self._relative_to = _relative_handler(relative_to)
 
     @property
     def name(self) -> str:
@@ -247,7 +266,7 @@ class WindowWrapper:
         """The timestamp (ms) this wrapper windows by, for ``event`` (default: the
         current event). Raises :class:`~trio_tables.errors.NoWindowTimestamp` when
         there is none."""
-        explicit = _explicit_timestamp.get()
+        explicit = explicit_timestamp.get()
         if explicit is not None:
             return explicit
         if self._relative_to is _RELATIVE_TO_NOW:
@@ -260,12 +279,18 @@ class WindowWrapper:
             return event.timestamp
         return _timestamp_ms(self._relative_to(event))
 
-    def clone(self, *, relative_to: Any = None) -> WindowWrapper:
-        """A wrapper over the same table with another relativity."""
-        return WindowWrapper(self.table, relative_to=relative_to, key_index=self.key_index)
+    def clone(self, relative_to: Any = None) -> WindowWrapper:
+        """A wrapper over the same table with another relativity (as
+        :meth:`relative_to`); ``None`` keeps this wrapper's."""
+        wrapper = WindowWrapper(self.table, key_index=self.key_index)
+        wrapper._relative_to = (
+            self._relative_to if relative_to is None else _relative_handler(relative_to)
+        )
+        return wrapper
 
-    def relative_to(self, ts: Callable[[Event | None], Any]) -> WindowWrapper:
-        """Window by ``ts(event)``: a ``datetime`` or seconds since the epoch."""
+    def relative_to(self, ts: Any) -> WindowWrapper:
+        """Window by ``ts``: a function of the event giving a ``datetime`` or seconds
+        since the epoch, or a fixed time (a ``datetime`` or seconds)."""
         return self.clone(relative_to=ts)
 
     def relative_to_now(self) -> WindowWrapper:
@@ -274,7 +299,7 @@ class WindowWrapper:
 
     def relative_to_stream(self) -> WindowWrapper:
         """Window by the current event's timestamp (the default)."""
-        return self.clone(relative_to=None)
+        return self.clone(relative_to=_RELATIVE_TO_STREAM)
 
     def relative_to_field(self, field: Any) -> WindowWrapper:
         """Window by a field of the event's value (an attribute or mapping key named
@@ -298,11 +323,11 @@ class WindowWrapper:
     def at(self, timestamp: int) -> Iterator[None]:
         """Use ``timestamp`` (ms) as the current timestamp in this block (for reads and
         writes outside a stream; combine with ``table.partition(p)`` for writes)."""
-        token = _explicit_timestamp.set(int(timestamp))
+        token = explicit_timestamp.set(int(timestamp))
         try:
             yield
         finally:
-            _explicit_timestamp.reset(token)
+            explicit_timestamp.reset(token)
 
     def partition(self, partition: int) -> contextlib.AbstractContextManager[None]:
         """Same as ``table.partition(partition)``."""
@@ -329,31 +354,35 @@ class WindowWrapper:
         partition = self.table._context_partition(None) if not self.table.use_partitioner else None
         return [partition] if partition is not None else sorted(self.table._active)
 
-    def keys(self) -> Iterator[Any]:
-        """Keys with at least one window in the active partitions (in scope: the
-        current event's partition while processing an event)."""
+    def _index_keys(self) -> Iterator[Any]:
         return self._windowing.keys(iter(self._partitions()))
 
+    def keys(self) -> WindowedKeysView:
+        """Keys with at least one window in the active partitions (in scope: the
+        current event's partition while processing an event); the view's ``now()``,
+        ``current()``, ``delta()`` give the keys with a value in that window."""
+        return WindowedKeysView(self)
+
     def __iter__(self) -> Iterator[Any]:
-        return self.keys()
+        return self._index_keys()
 
     def __contains__(self, key: object) -> bool:
-        return any(k == key for k in self.keys())
+        """Whether the window of the wrapper's timestamp (its relativity, as
+        ``wrapper[key].value()``) holds a value for ``key`` (Faust's semantics)."""
+        return WindowSet(key, self, current_event.get())._pick("relative")[0]
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.keys())
+        return sum(1 for _ in self._index_keys())
 
-    def items(self, event: Event | None = None) -> Iterator[tuple[Any, Any]]:
-        """``(key, value)`` of each key's current window (relative to ``event``, the
-        current event, or the wrapper's relativity); keys without one are left out."""
-        for key in self.keys():
-            found, value = WindowSet(key, self, event or current_event.get())._get(None)
-            if found:
-                yield key, value
+    def items(self, event: Event | None = None) -> WindowedItemsView:
+        """``(key, value)`` of each key's window by the wrapper's relativity (relative
+        to ``event``, default the current one); keys without one are left out. The
+        view's ``now()``, ``current()``, ``delta(d)`` pick another window."""
+        return WindowedItemsView(self, event or current_event.get())
 
-    def values(self, event: Event | None = None) -> Iterator[Any]:
-        for _, value in self.items(event):
-            yield value
+    def values(self, event: Event | None = None) -> WindowedValuesView:
+        """The values of :meth:`items` (a view with ``now``/``current``/``delta``)."""
+        return WindowedValuesView(self, event or current_event.get())
 
     def windows(self) -> dict[tuple[Any, WindowRange], Any]:
         """Every window of the active partitions: ``{(key, (start, end)): value}``."""
@@ -373,8 +402,10 @@ class WindowWrapper:
             return None
         return dict.fromkeys(self.keys(), True)
 
-    def as_ansitable(self, **kwargs: Any) -> str:
-        return self.table.as_ansitable(**kwargs)
+    def as_ansitable(self, title: str = "{table.name}", **kwargs: Any) -> str:
+        """Every window of the active partitions as a terminal table (see
+        :meth:`Table.as_ansitable`; ``title`` is formatted with ``table=`` the table)."""
+        return self.table.as_ansitable(title, **kwargs)
 
     def on_recover(self, callback: Callable[..., Any]) -> Callable[..., Any]:
         return self.table.on_recover(callback)
@@ -391,143 +422,3 @@ class WindowWrapper:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.table.__aexit__(*exc_info)
-
-
-class WindowSet:
-    """The windows of one key in a windowed table, relative to a timestamp (the
-    current event's, by default: see :class:`WindowWrapper`).
-
-    In-place operators (``+=``, ``-=``, ``*=``, ``/=``, ``//=``, ``%=``, ``**=``,
-    ``<<=``, ``>>=``, ``&=``, ``^=``, ``|=``) update *every* window the timestamp falls
-    into, starting from the table's ``default`` in a new window. Updates for windows
-    that were closed already (late events) are dropped and counted.
-    """
-
-    __slots__ = ("event", "key", "wrapper")
-
-    def __init__(self, key: Any, wrapper: WindowWrapper, event: Event | None) -> None:
-        self.key = key
-        self.wrapper = wrapper
-        self.event = event
-
-    def __repr__(self) -> str:
-        return f"<WindowSet {self.key!r} of {self.wrapper.name}>"
-
-    def _table(self) -> Collection:
-        return self.wrapper.table
-
-    def apply(self, op: Callable[[Any, Any], Any], value: Any, event: Event | None = None) -> Any:
-        """Apply ``op(old, value)`` in every window of the current timestamp."""
-        table = self._table()
-        windowing = self.wrapper._windowing
-        timestamp = self.wrapper.get_timestamp(event or self.event)
-        partition = table._write_partition((self.key, 0))
-        windowing.observe(partition, timestamp)
-        for start, _ in windowing.window.ranges(timestamp):
-            if windowing.is_closed(partition, start):
-                windowing.late += 1
-                logger.debug(
-                    "%s: dropped a late update of %r for closed window %d",
-                    table.name,
-                    self.key,
-                    start,
-                )
-                continue
-            old = table._lookup(partition, (self.key, start))
-            if old is MISSING or old is TOMBSTONE:
-                if table.default is None:
-                    raise KeyError(self.key)
-                old = table.default()
-            table._put(partition, (self.key, start), op(old, value))
-        self.wrapper.on_set_key(self.key, value)
-        return self
-
-    def delete(self) -> None:
-        table = self._table()
-        windowing = self.wrapper._windowing
-        timestamp = self.wrapper.get_timestamp(self.event)
-        partition = table._write_partition((self.key, 0))
-        for start, _ in windowing.window.ranges(timestamp):
-            table._put(partition, (self.key, start), None)
-        self.wrapper.on_del_key(self.key)
-
-    def _get(
-        self, delta: Any, event: Event | None = None, timestamp: int | None = None
-    ) -> tuple[bool, Any]:
-        windowing = self.wrapper._windowing
-        if timestamp is None:
-            timestamp = self.wrapper.get_timestamp(event or self.event)
-        if delta is None:
-            start, _ = windowing.window.current(timestamp)
-        else:
-            start, _ = windowing.window.delta(timestamp, delta)
-        raw = self._table()._read((self.key, start))
-        if raw is MISSING or raw is TOMBSTONE:
-            return False, None
-        return True, detached(raw)
-
-    def _value_or_default(self, found: bool, value: Any) -> Any:
-        if found:
-            return value
-        default = self._table().default
-        if default is None:
-            raise KeyError(self.key)
-        return default()
-
-    def value(self, event: Event | None = None) -> Any:
-        """The value in the newest window holding the current timestamp (or the
-        table's default)."""
-        return self._value_or_default(*self._get(None, event))
-
-    def current(self, event: Event | None = None) -> Any:
-        """Same as :meth:`value`: the newest window holding the timestamp of ``event``
-        (default: the current event, as the wrapper's relativity says)."""
-        return self.value(event)
-
-    def now(self) -> Any:
-        """The value in the newest window holding *wall-clock* now, always (also inside
-        a stream, whatever the event's timestamp)."""
-        return self._value_or_default(
-            *self._get(None, timestamp=self.wrapper._windowing.now_ms())
-        )
-
-    def delta(self, d: Any, event: Event | None = None) -> Any:
-        """The value in the newest window holding the timestamp minus ``d`` (seconds,
-        ``timedelta`` or a string such as ``"30s"``)."""
-        return self._value_or_default(*self._get(d, event))
-
-    def __iadd__(self, other: Any) -> WindowSet:
-        return self.apply(operator.add, other)  # type: ignore[no-any-return]
-
-    def __isub__(self, other: Any) -> WindowSet:
-        return self.apply(operator.sub, other)  # type: ignore[no-any-return]
-
-    def __imul__(self, other: Any) -> WindowSet:
-        return self.apply(operator.mul, other)  # type: ignore[no-any-return]
-
-    def __itruediv__(self, other: Any) -> WindowSet:
-        return self.apply(operator.truediv, other)  # type: ignore[no-any-return]
-
-    def __ifloordiv__(self, other: Any) -> WindowSet:
-        return self.apply(operator.floordiv, other)  # type: ignore[no-any-return]
-
-    def __imod__(self, other: Any) -> WindowSet:
-        return self.apply(operator.mod, other)  # type: ignore[no-any-return]
-
-    def __ipow__(self, other: Any) -> WindowSet:
-        return self.apply(operator.pow, other)  # type: ignore[no-any-return]
-
-    def __ilshift__(self, other: Any) -> WindowSet:
-        return self.apply(operator.lshift, other)  # type: ignore[no-any-return]
-
-    def __irshift__(self, other: Any) -> WindowSet:
-        return self.apply(operator.rshift, other)  # type: ignore[no-any-return]
-
-    def __iand__(self, other: Any) -> WindowSet:
-        return self.apply(operator.and_, other)  # type: ignore[no-any-return]
-
-    def __ixor__(self, other: Any) -> WindowSet:
-        return self.apply(operator.xor, other)  # type: ignore[no-any-return]
-
-    def __ior__(self, other: Any) -> WindowSet:
-        return self.apply(operator.or_, other)  # type: ignore[no-any-return]

@@ -32,10 +32,19 @@ import attrs
 import trio
 
 from ._changelog import uncommitted_filter
+from ._progress import RestoreProgressLog
 from ._table import Collection, RecoveryRequest, StandbyUpdate
+from ._table._collection import RestoreReport
 from ._transport._base import TP, Record, RestoreConsumer, Transport
 
-__all__ = ["CommittedOffsets", "RecoveryStatus", "TableMessage", "run_table"]
+__all__ = [
+    "CommittedOffsets",
+    "RecoveryStatus",
+    "TableMessage",
+    "restore",
+    "resume_offsets",
+    "run_table",
+]
 
 logger = logging.getLogger("trio_tables.recovery")
 
@@ -118,7 +127,7 @@ async def _recovery_task(
 async def _recover(table: Collection, consumer: RestoreConsumer, request: RecoveryRequest) -> None:
     try:
         with request.scope:
-            await table.restore(consumer, request)
+            await restore(table, consumer, request)
             request.completed = True
     except Exception as exc:
         logger.exception("%s: recovery of %s failed", table.label, sorted(request.partitions))
@@ -142,9 +151,8 @@ class _Tailer:
         self._held: dict[int, list[Record]] = {}
         self._committed: Mapping[TP, int | None] | None = None
         self._committed_at = -math.inf
-        self.caught_up = table._tailer_caught_up
         if not table.is_global:
-            self.caught_up.set()  # no standby copies yet: nothing to catch up with
+            table.tailing_caught_up()  # no standby copies yet: nothing to catch up with
         self._targets: dict[int, int] = {}
 
     @property
@@ -194,9 +202,10 @@ class _Tailer:
         entering = sorted(wanted - self.partitions)
         if entering and not table.is_global:
             # New copies to catch up with (a global table's event is set once, at start).
-            table._tailer_caught_up = self.caught_up = trio.Event()
+            table.tailing_started()
         if entering:
-            starts, end = await table.resume_offsets(
+            starts, end = await resume_offsets(
+                table,
                 consumer, {p: TP(self.topic, p) for p in entering}
             )
             for tp, start in starts.items():
@@ -246,8 +255,8 @@ class _Tailer:
         for p, offset in self._next.items():
             progress[p] = (offset, len(self._held.get(p, ())))
         if all(self._next[p] >= target for p, target in self._targets.items() if p in self._next):
-            self.caught_up.set()
-        self.table._notify_progress()
+            self.table.tailing_caught_up()
+        self.table.notify_progress()
 
 
 def _confirmed_prefix(records: Iterable[Record], committed: Mapping[TP, int | None] | None) -> int:
@@ -259,3 +268,117 @@ def _confirmed_prefix(records: Iterable[Record], committed: Mapping[TP, int | No
             break
         count += 1
     return count
+
+
+# -- restoring partitions from the changelog ------------------------------------------------
+async def restore(table: Collection, consumer: RestoreConsumer, request: RecoveryRequest) -> None:
+    """Rebuild ``request.partitions`` of ``table`` from its changelog, up to the end
+    offsets taken now: from the store's saved offset on (a store ahead of the group's
+    committed offsets, or whose offset is outside the changelog, is rebuilt from the
+    beginning), skipping records of events past the committed offsets. Cancellation:
+    stops between batches; every batch applied so far is in the store with its offset,
+    so a later restore continues from there."""
+    topic = table.changelog_topic_name
+    tps = {p: TP(topic, p) for p in request.partitions}
+    sources = {p: _committed_sources(p, request.committed) for p in tps}
+    for p in tps:
+        if table.check_store_not_ahead(p, sources[p]):
+            await table.reset_partition(p)
+    starts, end = await resume_offsets(table, consumer, tps)
+    todo: dict[TP, int] = {}
+    for p, tp in tps.items():
+        start = starts[tp]
+        table.recovery_progress[p] = (start, end[tp])
+        if start < end[tp]:
+            todo[tp] = start
+    total = sum(end[tp] - start for tp, start in todo.items())
+    progress_log = RestoreProgressLog(table.logger, table.name, total)
+    if todo:
+        table.logger.info(
+            "%s: restoring %d records of partitions %s from %s",
+            table.name,
+            total,
+            sorted(tp.partition for tp in todo),
+            topic,
+        )
+        await consumer.assign(todo)
+        for tp, start in todo.items():
+            await consumer.seek(tp, start)
+    remaining = dict(todo)
+    applied = dict.fromkeys(tps, 0)
+    while remaining:
+        batch = await consumer.poll(timeout=0.2)
+        for tp in list(remaining):
+            records = batch.get(tp)
+            if records:
+                count = await table.apply_changelog_batch(
+                    tp.partition, records, request.committed, sources=sources[tp.partition]
+                )
+                table.replayed += count
+                applied[tp.partition] += count
+                # At least past the last record. The consumer's position (a thread hop)
+                # is asked only after a poll that returned nothing at all: offsets have
+                # gaps (transaction markers), so the end may be reached without a record
+                # at end - 1.
+                position = records[-1].offset + 1
+            elif not batch:
+                position = await consumer.position(tp)
+            else:
+                continue  # records of other partitions came first
+            table.recovery_progress[tp.partition] = (position, end[tp])
+            if position >= end[tp]:
+                del remaining[tp]
+        table.notify_progress()
+        progress_log.update(
+            sum(
+                min(table.recovery_progress[tp.partition][0], end[tp]) - start
+                for tp, start in todo.items()
+            )
+        )
+    progress_log.finish(total)
+    if todo:
+        await consumer.assign(())
+    for p, tp in tps.items():
+        start = todo.get(tp, end[tp])
+        table.restores.append(RestoreReport(p, start, end[tp], applied[p]))
+    for p in tps:
+        # Record the source offsets this state is consistent with, even if no record was
+        # replayed (so a later commit check compares with the right numbers).
+        await table.record_sources(p, sources[p])
+
+
+async def resume_offsets(
+    table: Collection, consumer: RestoreConsumer, tps: Mapping[int, TP]
+) -> tuple[dict[TP, int], dict[TP, int]]:
+    """Where reading the changelog of ``tps`` (by partition) continues, and its end
+    offsets now: after the store's saved offset, or at the beginning. A saved offset
+    outside the changelog means the local copy cannot be continued: it is discarded (with
+    a log line) and read again from the beginning."""
+    begin = await consumer.beginning_offsets(tps.values())
+    end = await consumer.end_offsets(tps.values())
+    starts: dict[TP, int] = {}
+    for p, tp in tps.items():
+        saved = table.saved_offsets.get(p)
+        start = begin[tp] if saved is None else saved + 1
+        if saved is not None and not begin[tp] <= start <= end[tp]:
+            table.logger.warning(
+                "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
+                "discarding local state and rebuilding from the changelog",
+                table.name,
+                p,
+                saved,
+                begin[tp],
+                end[tp],
+            )
+            await table.reset_partition(p)
+            start = begin[tp]
+        starts[tp] = start
+    return starts, end
+
+
+def _committed_sources(partition: int, committed: Mapping[TP, int | None]) -> dict[str, int]:
+    return {
+        tp.topic: offset
+        for tp, offset in committed.items()
+        if tp.partition == partition and offset is not None
+    }

@@ -12,7 +12,7 @@ import trio
 import trio.lowlevel
 
 import trio_tables
-import trio_tables._table._collection as collection
+import trio_tables._table._partition as partition_state
 from trio_tables import TableManager
 from trio_tables._store._base import MISSING
 from trio_tables._transport._base import OutgoingRecord, Record
@@ -34,11 +34,11 @@ async def test_cached_reads_follow_every_store_change(autojump_clock: Any, tmp_p
             await manager.commit()
             table: Any = counts
             # Persisted by the commit: remembered, so no store read is needed.
-            assert table._read_cache[0]["k"] == 1
+            assert table._states[0].cache["k"] == 1
             with counts.partition(0):
                 # The store held nothing for partition 0 when the table first read it:
                 # the cache knows every key the store has, a missing key needs no read.
-                assert table._complete_caches[0] is table._read_cache[0]
+                assert table._states[0].cache_complete
                 assert counts["missing"] == 0
                 # A changelog record applied to the store (standby, global, restore).
                 record = Record("rc-counts-changelog", 0, 99, b'"k"', b"5", 0)
@@ -50,7 +50,7 @@ async def test_cached_reads_follow_every_store_change(autojump_clock: Any, tmp_p
                 assert "k" not in counts
             # Forgetting local state forgets what was remembered.
             counts.reset_state()
-            assert table._read_cache == {}
+            assert table._states == {}
         await trio.lowlevel.checkpoint()
 
 
@@ -82,17 +82,17 @@ async def test_a_store_with_data_is_read_once_per_key(autojump_clock: Any, tmp_p
                     else:
                         # The store had data when the table started: read once per key,
                         # then remembered (MISSING: absent).
-                        assert 0 not in table._complete_caches
                         assert (counts["k"], counts["k"]) == (1, 1)
+                        assert not table._states[0].cache_complete
                         assert (counts["missing"], counts["missing"]) == (0, 0)
                         assert reads == ["k", "missing"]
-                        assert table._read_cache[0]["missing"] is MISSING
+                        assert table._states[0].cache["missing"] is MISSING
 
 
 async def test_a_cache_that_starts_over_is_no_longer_complete(
     autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(collection, "READ_CACHE_LIMIT", 2)
+    monkeypatch.setattr(partition_state, "READ_CACHE_LIMIT", 2)
     url = f"memory://cache-{uuid.uuid4().hex[:12]}"
     async with trio_tables.open_transport(url) as transport:
         await transport.create_topic("words", 1)
@@ -103,14 +103,14 @@ async def test_a_cache_that_starts_over_is_no_longer_complete(
             table: Any = counts
             with counts.partition(0):
                 assert counts["a"] == 0
-                assert table._complete_caches[0] is table._read_cache[0]
+                assert table._states[0].cache_complete
                 for key in "abc":
                     counts[key] = 1
                 await manager.commit()  # persisted: the cache holds 3 values
-                assert table._complete_caches[0] is table._read_cache[0]
+                assert table._states[0].cache_complete
                 counts["e"] = 1
                 await manager.commit()  # more than the limit: the cache starts over
-                assert 0 not in table._complete_caches
-                assert table._read_cache[0] == {"e": 1}
+                assert not table._states[0].cache_complete
+                assert table._states[0].cache == {"e": 1}
                 assert [counts[k] for k in "abce"] == [1, 1, 1, 1]  # read from the store
                 assert counts["d"] == 0

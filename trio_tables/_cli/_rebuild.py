@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .._manager import TableManager
+from .._recovery import restore
 from .._table import RecoveryRequest, Table
 from .._table._windowed import WindowedKeyCodec
 from .._transport._base import TP, Transport
@@ -123,7 +124,7 @@ async def rebuild_table(
         bars.watch(label, table)
     everything = frozenset(range(partitions))
     async with transport.open_restore_consumer(max_poll_records=10_000) as consumer:
-        await table.restore(consumer, RecoveryRequest(everything, committed))
+        await restore(table, consumer, RecoveryRequest(everything, committed))
     if bars is not None:
         bars.refresh()
     table.activate(everything)

@@ -27,21 +27,18 @@ import attrs
 import trio
 
 from .._changelog import (
-    ChangelogBuffer,
     SourceOffset,
     changelog_topic_name,
     decode_stream_time,
     source_of,
-    to_records,
     uncommitted_filter,
 )
 from .._codecs import Codec, resolve_codec, trivially_encodable
 from .._partitioner import partition_of
-from .._progress import RestoreProgressLog
 from .._store import Store, open_store
 from .._store._base import MISSING
 from .._stream import Stream, current_event
-from .._transport._base import TP, OutgoingRecord, Record, RestoreConsumer
+from .._transport._base import TP, OutgoingRecord, Record
 from .._windows import (
     Duration,
     HoppingWindow,
@@ -57,6 +54,7 @@ from ._display import render_table
 from ._host import TableHost
 from ._joins import Joined, JoinKey, lookup_join
 from ._options import check_options, clone_table, from_schema
+from ._partition import NOT_CACHED, PartitionState, PersistBatch
 from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
 from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
@@ -72,9 +70,6 @@ __all__ = [
 
 logger = logging.getLogger("trio_tables.table")
 
-# Most values a table keeps cached from a persistent store (see Collection._lookup).
-READ_CACHE_LIMIT = 50_000  # per partition
-_NOT_CACHED: Any = object()
 
 # Extra changelog retention of windowed tables past a window's expiry (as Kafka
 # Streams' windowstore.changelog.additional.retention.ms).
@@ -96,19 +91,6 @@ class RecoveryRequest:
     done: trio.Event = attrs.field(factory=trio.Event)
     completed: bool = False
     error: BaseException | None = None
-
-
-@attrs.frozen
-class PersistBatch:
-    """One partition's share of a commit cycle's store write: ``changes`` (``None``
-    deletes), the last acknowledged changelog ``offset``, the ``sources`` offsets the
-    data is consistent with and the window ``meta`` (stream time)."""
-
-    partition: int
-    changes: dict[Any, Any]
-    offset: int | None
-    sources: dict[str, int] | None
-    meta: dict[str, int] | None
 
 
 @attrs.frozen
@@ -213,9 +195,9 @@ class Collection:
             [on_changelog_event] if on_changelog_event else []
         )
         self._active: set[int] = set()
-        self._overlay: dict[int, dict[Any, Any]] = {}
-        self._persisting: dict[int, dict[Any, Any]] = {}
-        self._buffers: dict[int, ChangelogBuffer] = {}
+        # partition -> its in-memory layers (overlay, persisting, changelog buffer, read
+        # cache): see _partition.py.
+        self._states: dict[int, PartitionState] = {}
         self._explicit_partition: ContextVar[int | None] = ContextVar(
             f"trio_tables_partition_{name}", default=None
         )
@@ -239,12 +221,6 @@ class Collection:
         self.replayed = 0  # changelog records applied by recovery, since start
         self.standby_applied = 0  # changelog records applied by tailing, since start
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
-        # partition -> key -> value the (persistent) store holds, MISSING if none.
-        self._read_cache: dict[int, dict[Any, Any]] = {}
-        # partition -> its read cache, when that cache holds every key the store has
-        # (see _lookup). Compared by identity: a cache replaced or dropped is no longer
-        # complete; one about to be cleared leaves this first.
-        self._complete_caches: dict[int, dict[Any, Any]] = {}
         # Set once the manager created (or checked) the changelog topic.
         self._changelog_created = False
         # Set by using_window(): the table's keys are then (key, window start).
@@ -389,61 +365,32 @@ class Collection:
         return partition
 
     # -- reads -------------------------------------------------------------------------
+    def _state(self, partition: int) -> PartitionState:
+        state = self._states.get(partition)
+        if state is None:
+            state = self._states[partition] = PartitionState(
+                partition, coalesce=self.manager.coalesce_changelog
+            )
+        return state
+
     def _lookup(self, partition: int, key: Any) -> Any:
-        layer = self._overlay.get(partition)
-        if layer is not None:
-            value = layer.get(key, _NOT_CACHED)
-            if value is not _NOT_CACHED:
-                return value
-        layer = self._persisting.get(partition)
-        if layer is not None:
-            value = layer.get(key, _NOT_CACHED)
-            if value is not _NOT_CACHED:
-                return value
-        cache = self._read_cache.get(partition)
-        if cache is not None:
-            value = cache.get(key, _NOT_CACHED)
-            if value is not _NOT_CACHED:
-                return value
-            if self._complete_caches.get(partition) is cache:
-                return MISSING
-        elif self.data.persistent and self._start_complete_cache(partition):
+        state = self._states.get(partition) or self._state(partition)
+        value = state.lookup(key)
+        if value is not NOT_CACHED:
+            return value
+        data = self.data
+        if not data.persistent:
+            return data.get(partition, key)
+        # A persistent store's partition starts its read cache on the first miss: a
+        # complete one when the store holds nothing for it (no store read for new keys;
+        # a read can cost a GIL hand-over of milliseconds while another thread polls).
+        if state.cache is None and state.start_complete_cache(
+            partition not in data.partitions()
+        ):
             return MISSING
-        value = self.data.get(partition, key)
-        if self.data.persistent:
-            self._cache_values(partition, ((key, value),))
+        value = data.get(partition, key)
+        state.remember(((key, value),))
         return value
-
-    def _start_complete_cache(self, partition: int) -> bool:
-        """Whether the store holds nothing for ``partition``; if so its (new, empty) read
-        cache is *complete* from now on: every store change updates it (persist, applied
-        changelog records), so a key it does not know is not in the store and needs no
-        store read (a new key costs no read; reads can cost a GIL hand-over of up to
-        milliseconds while another thread polls). Completeness ends when the cache
-        starts over (``READ_CACHE_LIMIT``) or is dropped.
-
-        The cache is installed before the store is asked: a persist running on a worker
-        thread meanwhile either wrote the partition first (then it is not empty here) or
-        caches what it wrote in this cache."""
-        new: dict[Any, Any] = {}
-        cache = self._read_cache.setdefault(partition, new)
-        if cache is not new or partition in self.data.partitions():
-            return False
-        self._complete_caches[partition] = cache
-        return True
-
-    def _cache_values(self, partition: int, values: Iterable[tuple[Any, Any]]) -> None:
-        """Remember what the store holds for these keys (``MISSING``: absent), so that a
-        persistent store is read at most once per key while it keeps its value. Bounded:
-        a partition's cache starts over when it holds ``READ_CACHE_LIMIT`` values (and
-        is no longer complete)."""
-        cache = self._read_cache.get(partition)
-        if cache is None:
-            cache = self._read_cache[partition] = {}
-        elif len(cache) >= READ_CACHE_LIMIT:
-            self._complete_caches.pop(partition, None)  # before a reader sees it empty
-            cache.clear()
-        cache.update(values)
 
     def _read(self, key: Any) -> Any:
         """The raw value of ``key`` (or MISSING/TOMBSTONE) where the context says, or in
@@ -458,14 +405,10 @@ class Collection:
         return MISSING
 
     def _partition_items(self, partition: int) -> Iterator[tuple[Any, Any]]:
-        merged: dict[Any, Any] = {}
-        for key, value in self.data.items(partition):
-            merged[key] = value
-        merged.update(self._persisting.get(partition, {}))
-        merged.update(self._overlay.get(partition, {}))
-        for key, value in merged.items():
-            if value is not TOMBSTONE:
-                yield key, value
+        items: Iterator[tuple[Any, Any]] = self._state(partition).merged(
+            self.data.items(partition)
+        )
+        return items
 
     # -- writes ------------------------------------------------------------------------
     def _write(self, key: Any, value: Any) -> None:
@@ -483,19 +426,13 @@ class Collection:
             check_value(self, value)
             value = _detached(value)
         event = current_event.get()
-        overlay = self._overlay.get(partition)
-        if overlay is None:
-            overlay = self._overlay[partition] = {}
-        overlay[key] = TOMBSTONE if value is None else value
         stream_time = None
         if self._windowing is not None:
             self._windowing.track(partition, key, deleted=value is None)
             stream_time = self._windowing.stream_time.get(partition)
-        buffer = self._buffers.get(partition)
-        if buffer is None:
-            buffer = self._new_buffer(partition)
-        buffer.add(
+        (self._states.get(partition) or self._state(partition)).put(
             key,
+            value,
             (
                 value,
                 None if event is None else (event.topic, event.partition, event.offset),
@@ -507,16 +444,7 @@ class Collection:
         self, partition: int, key: Any, value: Any, *, source: SourceOffset | None = None
     ) -> None:
         """Queue a changelog record for ``key`` in ``partition`` (sent at the next commit)."""
-        buffer = self._buffers.get(partition)
-        if buffer is None:
-            buffer = self._new_buffer(partition)
-        buffer.add(key, (value, source_of(source), None))
-
-    def _new_buffer(self, partition: int) -> ChangelogBuffer:
-        buffer = self._buffers[partition] = ChangelogBuffer(
-            coalesce=self.manager.coalesce_changelog
-        )
-        return buffer
+        self._state(partition).buffer.add(key, (value, source_of(source), None))
 
     # -- commit cycle (called by the manager) ---------------------------------------------
     def take_changes(
@@ -526,26 +454,14 @@ class Collection:
         overlay moved to the persisting layer. Partitions in ``busy`` (an event of theirs
         is half processed) keep their changes for a later cycle."""
         records: list[OutgoingRecord] = []
-        for partition, buffer in self._buffers.items():
-            if len(buffer) and partition not in busy:
-                records.extend(
-                    to_records(
-                        self._changelog_topic_name,
-                        partition,
-                        buffer.drain(),
-                        self.key_codec,
-                        self.value_codec,
-                    )
-                )
         moved = []
-        for partition, overlay in self._overlay.items():
-            if overlay and partition not in busy:
-                if self._persisting.get(partition):
-                    # A previous cycle failed before persisting: keep both, newest last.
-                    self._persisting[partition].update(overlay)
-                else:
-                    self._persisting[partition] = overlay
-                self._overlay[partition] = {}
+        topic, key_codec, value_codec = self._changelog_topic_name, self.key_codec, self.value_codec
+        for partition, state in self._states.items():
+            if partition in busy:
+                continue
+            had_overlay = bool(state.overlay)
+            records.extend(state.prepare(topic, key_codec, value_codec))
+            if had_overlay:
                 moved.append(partition)
         return records, moved
 
@@ -571,21 +487,15 @@ class Collection:
         last acknowledged changelog offset and the source offsets. Trio thread; the
         plan is immutable once made."""
         plan = []
-        for partition in set(self._persisting) | set(last_offsets) | set(source_offsets):
-            changes = self._persisting.get(partition, {})
-            offset = last_offsets.get(partition)
+        for partition in set(self._states) | set(last_offsets) | set(source_offsets):
             sources = source_offsets.get(partition)
-            if not changes and offset is None and sources is None:
-                continue
-            plan.append(
-                PersistBatch(
-                    partition,
-                    {k: (None if v is TOMBSTONE else v) for k, v in changes.items()},
-                    offset,
-                    None if sources is None else dict(sources),
-                    self._window_meta(partition),
-                )
+            batch = self._state(partition).flush_batch(
+                last_offsets.get(partition),
+                None if sources is None else dict(sources),
+                self._window_meta(partition),
             )
+            if batch is not None:
+                plan.append(batch)
         return plan
 
     def write_persist_plan(self, plan: list[PersistBatch]) -> None:
@@ -604,28 +514,24 @@ class Collection:
         """``plan`` is in the store: update what the table remembers of it and drop the
         persisting layer (in that order: a read never misses both). Trio thread."""
         offsets = dict(self.local_offsets)
+        persistent = self.data.persistent
         for batch in plan:
-            if self.data.persistent and batch.changes:
-                self._cache_values(
-                    batch.partition,
-                    ((k, MISSING if v is None else v) for k, v in batch.changes.items()),
-                )
+            self._state(batch.partition).flushed(batch, persistent=persistent)
             if batch.offset is not None:
                 offsets[batch.partition] = batch.offset
         # Replaced whole: kafka-python's IO thread reads it (the assignor's freshness).
         self.local_offsets = offsets
-        self._persisting.clear()
 
     def uncommitted_partitions(self) -> frozenset[int]:
         """Partitions with changes not written to the store yet."""
-        return frozenset(self._overlay) | frozenset(self._persisting) | frozenset(self._buffers)
+        return frozenset(p for p, state in self._states.items() if state.has_changes)
 
     def discard_uncommitted(self, partitions: set[int] | frozenset[int]) -> None:
         """Forget changes of ``partitions`` that were not persisted (lost partitions)."""
         for partition in partitions:
-            self._overlay.pop(partition, None)
-            self._persisting.pop(partition, None)
-            self._buffers.pop(partition, None)
+            state = self._states.get(partition)
+            if state is not None:
+                state.discard()
 
     def _window_meta(self, partition: int) -> dict[str, int] | None:
         if self._windowing is None:
@@ -648,7 +554,9 @@ class Collection:
     def deactivate(self, partitions: frozenset[int]) -> None:
         self._active -= partitions
         for partition in partitions:
-            self._read_cache.pop(partition, None)
+            state = self._states.get(partition)
+            if state is not None:  # the store may change hands: forget what it held
+                state.cache, state.cache_complete = None, False
         if self._windowing is not None:
             for partition in partitions:
                 self._windowing.forget(partition)
@@ -673,126 +581,21 @@ class Collection:
         for partition in self.data.partitions():
             self.data.reset_partition(partition)
         self.local_offsets = {}  # replaced whole (see persisted)
-        self._read_cache.clear()
-        self._complete_caches.clear()
+        self._states.clear()
         if self._windowing is not None:
             self._windowing.index.clear()
             self._windowing.stream_time.clear()
-        self._overlay.clear()
-        self._persisting.clear()
-        self._buffers.clear()
 
-    # -- recovery ----------------------------------------------------------------------
-    async def restore(self, consumer: RestoreConsumer, request: RecoveryRequest) -> None:
-        """Rebuild ``request.partitions`` from the changelog, up to the end offsets taken
-        now. Cancellation: stops between batches; every batch applied so far is in the
-        store with its offset, so a later restore continues from there."""
-        topic = self._changelog_topic_name
-        tps = {p: TP(topic, p) for p in request.partitions}
-        sources = {p: self._committed_sources(p, request.committed) for p in tps}
-        for p in tps:
-            self._check_store_not_ahead(p, sources[p])
-        starts, end = await self.resume_offsets(consumer, tps)
-        todo: dict[TP, int] = {}
-        for p, tp in tps.items():
-            start = starts[tp]
-            self.recovery_progress[p] = (start, end[tp])
-            if start < end[tp]:
-                todo[tp] = start
-        total = sum(end[tp] - start for tp, start in todo.items())
-        progress_log = RestoreProgressLog(self.logger, self.name, total)
-        if todo:
-            self.logger.info(
-                "%s: restoring %d records of partitions %s from %s",
-                self.name,
-                total,
-                sorted(tp.partition for tp in todo),
-                topic,
-            )
-            await consumer.assign(todo)
-            for tp, start in todo.items():
-                await consumer.seek(tp, start)
-        remaining = dict(todo)
-        applied = dict.fromkeys(tps, 0)
-        while remaining:
-            batch = await consumer.poll(timeout=0.2)
-            for tp in list(remaining):
-                records = batch.get(tp)
-                if records:
-                    applied[tp.partition] += await self._apply_restored(
-                        tp.partition, records, request.committed, sources[tp.partition]
-                    )
-                    # At least past the last record. The consumer's position (a thread
-                    # hop) is asked only after a poll that returned nothing at all:
-                    # offsets have gaps (transaction markers), so the end may be reached
-                    # without a record at end - 1.
-                    position = records[-1].offset + 1
-                elif not batch:
-                    position = await consumer.position(tp)
-                else:
-                    continue  # records of other partitions came first
-                self.recovery_progress[tp.partition] = (position, end[tp])
-                if position >= end[tp]:
-                    del remaining[tp]
-            self._notify_progress()
-            progress_log.update(
-                sum(
-                    min(self.recovery_progress[tp.partition][0], end[tp]) - start
-                    for tp, start in todo.items()
-                )
-            )
-        progress_log.finish(total)
-        if todo:
-            await consumer.assign(())
-        for p, tp in tps.items():
-            start = todo.get(tp, end[tp])
-            self.restores.append(RestoreReport(p, start, end[tp], applied[p]))
-        for p in tps:
-            # Record the source offsets this state is consistent with, even if no record
-            # was replayed (so a later commit check compares with the right numbers).
-            if sources[p] != self.data.persisted_source_offsets(p):
-                await self._run_store(
-                    partial(self.data.write_batch, source_offsets=sources[p]), p, {}, None
-                )
+    # -- recovery (driven by _recovery.py) ---------------------------------------------
+    @property
+    def saved_offsets(self) -> Mapping[int, int]:
+        """partition -> last changelog offset the store holds (read without I/O)."""
+        return self.local_offsets
 
-    async def resume_offsets(
-        self, consumer: RestoreConsumer, tps: Mapping[int, TP]
-    ) -> tuple[dict[TP, int], dict[TP, int]]:
-        """Where reading the changelog of ``tps`` (by partition) continues, and its end
-        offsets now: after the store's saved offset, or at the beginning. A saved offset
-        outside the changelog means the local copy cannot be continued: it is discarded
-        (with a log line) and read again from the beginning."""
-        begin = await consumer.beginning_offsets(tps.values())
-        end = await consumer.end_offsets(tps.values())
-        starts: dict[TP, int] = {}
-        for p, tp in tps.items():
-            saved = self.local_offsets.get(p)
-            start = begin[tp] if saved is None else saved + 1
-            if saved is not None and not begin[tp] <= start <= end[tp]:
-                self.logger.warning(
-                    "%s[%d]: saved changelog offset %d is outside the changelog [%d, %d): "
-                    "discarding local state and rebuilding from the changelog",
-                    self.name,
-                    p,
-                    saved,
-                    begin[tp],
-                    end[tp],
-                )
-                await self._run_store(self._reset_partition, p)
-                start = begin[tp]
-            starts[tp] = start
-        return starts, end
-
-    def _committed_sources(
-        self, partition: int, committed: Mapping[TP, int | None]
-    ) -> dict[str, int]:
-        return {
-            tp.topic: offset
-            for tp, offset in committed.items()
-            if tp.partition == partition and offset is not None
-        }
-
-    def _check_store_not_ahead(self, partition: int, committed: Mapping[str, int]) -> None:
+    def check_store_not_ahead(self, partition: int, committed: Mapping[str, int]) -> bool:
+        """Whether the store's data of ``partition`` includes events past the group's
+        ``committed`` source offsets (the worker stopped between persisting and
+        committing): then the partition must be rebuilt from the changelog (logged)."""
         recorded = self.data.persisted_source_offsets(partition)
         ahead = {
             topic: (offset, committed.get(topic))
@@ -808,9 +611,39 @@ class Collection:
                 partition,
                 ahead,
             )
-            self._reset_partition(partition)
+        return bool(ahead)
 
-    def _notify_progress(self) -> None:
+    async def reset_partition(self, partition: int) -> None:
+        """Forget ``partition``'s local data (store, offsets, layers, windows): it is
+        rebuilt from the changelog. Cancellation: the store reset finishes (in a worker
+        thread for persistent stores); the table forgets the partition either way."""
+        try:
+            await self._run_store(self.data.reset_partition, partition)
+        finally:
+            self.local_offsets = {p: o for p, o in self.local_offsets.items() if p != partition}
+            self._states.pop(partition, None)
+            if self._windowing is not None:
+                self._windowing.forget(partition)
+
+    async def record_sources(self, partition: int, sources: Mapping[str, int]) -> None:
+        """Record in the store that ``partition``'s data is consistent with the source
+        offsets ``sources`` (after a restore, even if nothing was replayed)."""
+        if dict(sources) != self.data.persisted_source_offsets(partition):
+            await self._run_store(
+                partial(self.data.write_batch, source_offsets=sources), partition, {}, None
+            )
+
+    def tailing_started(self) -> None:
+        """The changelog consumer follows new standby copies: not caught up until
+        :meth:`tailing_caught_up`."""
+        if self._tailer_caught_up.is_set():
+            self._tailer_caught_up = trio.Event()
+
+    def tailing_caught_up(self) -> None:
+        """The changelog consumer read up to the end offsets seen when it started."""
+        self._tailer_caught_up.set()
+
+    def notify_progress(self) -> None:
         self._progress_event.set()
         self._progress_event = trio.Event()
 
@@ -823,24 +656,6 @@ class Collection:
         """Wait until the changelog consumer task has read up to the end offsets it saw
         when it started tailing (for a global table: every partition)."""
         await self._tailer_caught_up.wait()
-
-    def _reset_partition(self, partition: int) -> None:
-        self.data.reset_partition(partition)
-        self.local_offsets = {p: o for p, o in self.local_offsets.items() if p != partition}
-        self._read_cache.pop(partition, None)
-        if self._windowing is not None:
-            self._windowing.forget(partition)
-
-    async def _apply_restored(
-        self,
-        partition: int,
-        records: list[Record] | Any,
-        committed: Mapping[TP, int | None],
-        sources: Mapping[str, int] | None,
-    ) -> int:
-        count = await self.apply_changelog_batch(partition, records, committed, sources=sources)
-        self.replayed += count
-        return count
 
     async def apply_changelog_batch(
         self,
@@ -883,10 +698,9 @@ class Collection:
             changes,
             records[-1].offset,
         )
-        cache = self._read_cache.get(partition)
-        if cache is not None:
-            for key, value in changes.items():
-                cache[key] = MISSING if value is None else value
+        state = self._states.get(partition)
+        if state is not None and state.cache is not None:
+            state.remember((k, MISSING if v is None else v) for k, v in changes.items())
         # Past the skipped records too: they are written again when their events are.
         self.local_offsets = {**self.local_offsets, partition: records[-1].offset}
         return len(kept)

@@ -13,13 +13,11 @@ and codec objects given by the user are trusted to round-trip: only their encode
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._codecs import Codec, CodecError, JsonCodec, RawCodec, check_encodable
 from ..errors import TableKeyTypeError, TableValueTypeError
-
-if TYPE_CHECKING:
-    from ._collection import Collection
+from ._protocols import TableCore
 
 __all__ = ["check_key", "check_value", "partition_key_error"]
 
@@ -170,7 +168,7 @@ def _fix(codec: Codec, what: str, kind: str, value: Any) -> str:
     )
 
 
-def check_key(table: Collection, key: Any) -> None:
+def check_key(table: TableCore, key: Any) -> None:
     """:class:`~trio_tables.errors.TableKeyTypeError` unless ``key`` can be written to
     ``table`` and comes back equal (and hashable) from its changelog."""
     codec = table.key_codec
@@ -215,7 +213,7 @@ def check_key(table: Collection, key: Any) -> None:
         )
 
 
-def check_value(table: Collection, value: Any) -> None:
+def check_value(table: TableCore, value: Any) -> None:
     """:class:`~trio_tables.errors.TableValueTypeError` unless ``value`` can be written
     to ``table`` and comes back equal from its changelog."""
     codec = table.value_codec
@@ -230,7 +228,7 @@ def check_value(table: Collection, value: Any) -> None:
         )
 
 
-def partition_key_error(table: Collection, key: Any, exc: Exception) -> TableKeyTypeError:
+def partition_key_error(table: TableCore, key: Any, exc: Exception) -> TableKeyTypeError:
     """The error for a key that cannot be hashed to a partition."""
     return TableKeyTypeError(
         table.name,

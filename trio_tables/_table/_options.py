@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import UnknownTableOption
-
-if TYPE_CHECKING:
-    from ._collection import Collection
+from ._protocols import TableCore
 
 __all__ = ["accepted_options", "check_options", "clone_table", "from_schema"]
 
@@ -33,7 +31,7 @@ def accepted_options(table_class: type) -> list[str]:
 
 
 def check_options(
-    table_class: type[Collection], unknown: Mapping[str, Any], is_global: bool | None
+    table_class: type[Any], unknown: Mapping[str, Any], is_global: bool | None
 ) -> None:
     """:class:`~trio_tables.errors.UnknownTableOption` for unknown keywords; a
     ``TypeError`` for ``is_global=`` that contradicts the class (Faust's flag: here the
@@ -59,7 +57,7 @@ def from_schema(schema: Any, name: str, given: Any) -> Any:
     return getattr(schema, name, None)
 
 
-def clone_table(table: Collection, overrides: Mapping[str, Any]) -> Collection:
+def clone_table(table: TableCore, overrides: Mapping[str, Any]) -> Any:
     """A new, unregistered table of ``table``'s class with its settings (serializers,
     callbacks, window and its options) and ``overrides``. A clone with another name
     has its own changelog (``{app_id}-{name}-changelog``) unless ``changelog_topic=``
@@ -73,7 +71,8 @@ def clone_table(table: Collection, overrides: Mapping[str, Any]) -> Collection:
     options.pop("on_changelog_event", None)
     if not copy_changelog_callbacks:
         options["on_changelog_event"] = overrides["on_changelog_event"]
-    clone = type(table)(table.manager, **options)
+    table_class: Any = type(table)
+    clone = table_class(table.manager, **options)
     if copy_changelog_callbacks:
         clone._changelog_callbacks = list(table._changelog_callbacks)
     if window is not None:

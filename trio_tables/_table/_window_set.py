@@ -6,16 +6,13 @@ import logging
 import operator
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._store._base import MISSING
 from .._stream import Event, current_event
 from ..errors import NoWindowTimestamp, UnsupportedOperation
+from ._protocols import TableCore, WrapperCore
 from ._values import TOMBSTONE, detached
-
-if TYPE_CHECKING:
-    from ._collection import Collection
-    from ._windowed import WindowWrapper
 
 __all__ = ["WindowSet", "explicit_timestamp"]
 
@@ -39,7 +36,7 @@ class WindowSet:
 
     __slots__ = ("event", "key", "wrapper")
 
-    def __init__(self, key: Any, wrapper: WindowWrapper, event: Event | None) -> None:
+    def __init__(self, key: Any, wrapper: WrapperCore, event: Event | None) -> None:
         self.key = key
         self.wrapper = wrapper
         self.event = event
@@ -47,7 +44,7 @@ class WindowSet:
     def __repr__(self) -> str:
         return f"<WindowSet {self.key!r} of {self.wrapper.name}>"
 
-    def _table(self) -> Collection:
+    def _table(self) -> TableCore:
         return self.wrapper.table
 
     def apply(self, op: Callable[[Any, Any], Any], value: Any, event: Event | None = None) -> Any:

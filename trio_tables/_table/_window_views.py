@@ -6,13 +6,11 @@ timestamp) or ``.delta(d, event=None)`` (``d`` before the wrapper's timestamp)."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._stream import Event
+from ._protocols import WrapperCore
 from ._window_set import WindowSet
-
-if TYPE_CHECKING:
-    from ._windowed import WindowWrapper
 
 __all__ = ["WindowedItemsView", "WindowedKeysView", "WindowedValuesView"]
 
@@ -20,7 +18,7 @@ __all__ = ["WindowedItemsView", "WindowedKeysView", "WindowedValuesView"]
 class _WindowedView:
     __slots__ = ("_wrapper", "event")
 
-    def __init__(self, wrapper: WindowWrapper, event: Event | None = None) -> None:
+    def __init__(self, wrapper: WrapperCore, event: Event | None = None) -> None:
         self._wrapper = wrapper
         self.event = event
 

@@ -25,17 +25,15 @@ import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .._codecs import Codec, CodecError, trivially_encodable
 from .._stream import Event, current_event
 from .._windows import Window, WindowRange
 from ..errors import NoWindowTimestamp
+from ._protocols import TableCore
 from ._window_set import WindowSet, explicit_timestamp
 from ._window_views import WindowedItemsView, WindowedKeysView, WindowedValuesView
-
-if TYPE_CHECKING:
-    from ._collection import Collection
 
 __all__ = ["Expiry", "WindowSet", "WindowWrapper", "WindowedKeyCodec", "Windowing"]
 
@@ -224,7 +222,7 @@ class WindowWrapper:
 
     def __init__(
         self,
-        table: Collection,
+        table: TableCore,
         *,
         relative_to: Any = None,
         key_index: bool = False,
@@ -245,7 +243,7 @@ class WindowWrapper:
 
     @property
     def _windowing(self) -> Windowing:
-        windowing = self.table._windowing
+        windowing: Windowing | None = self.table._windowing
         assert windowing is not None
         return windowing
 

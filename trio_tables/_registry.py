@@ -62,7 +62,9 @@ class TableRegistry:
         committed_offsets: CommittedOffsets,
         refresh_interval: float,
     ) -> trio.MemorySendChannel[TableMessage]:
-        """Start ``table``'s nursery in ``nursery``; the channel to its recovery task."""
+        """Open ``table``'s store (in a worker thread) and start its nursery in
+        ``nursery``; the channel to its recovery task."""
+        await table.open()
         channel: trio.MemorySendChannel[TableMessage] = await nursery.start(
             run_table, table, transport, committed_offsets, refresh_interval
         )

@@ -16,11 +16,9 @@ the offset of the last acknowledged record, in one store transaction.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import partial
 from typing import Any
 
 import attrs
@@ -29,35 +27,28 @@ import trio
 from .._changelog import (
     SourceOffset,
     changelog_topic_name,
-    decode_stream_time,
     source_of,
-    uncommitted_filter,
 )
 from .._codecs import Codec, resolve_codec, trivially_encodable
 from .._partitioner import partition_of
 from .._store import Store, open_store
 from .._store._base import MISSING
-from .._stream import Stream, current_event
-from .._transport._base import TP, OutgoingRecord, Record
+from .._stream import current_event
+from .._transport._base import TP, OutgoingRecord
 from .._windows import (
-    Duration,
-    HoppingWindow,
-    SlidingWindow,
-    TumblingWindow,
     Window,
-    to_ms,
 )
-from ..errors import PartitionNotOwned, TableWriteOutsideStream, UnsupportedOperation
-from ._callbacks import call_callback
+from ..errors import PartitionNotOwned, TableWriteOutsideStream
+from ._apply import ChangelogApply
 from ._checks import check_key, check_value, partition_key_error
-from ._display import render_table
+from ._faust import FaustPlumbing
 from ._host import TableHost
-from ._joins import Joined, JoinKey, lookup_join
-from ._options import check_options, clone_table, from_schema
+from ._options import check_options, from_schema
 from ._partition import NOT_CACHED, PartitionState, PersistBatch
 from ._values import IMMUTABLE_TYPES, TOMBSTONE
 from ._values import detached as _detached
-from ._windowed import STREAM_TIME, Expiry, WindowedKeyCodec, Windowing, WindowWrapper
+from ._window_setup import WindowSetup
+from ._windowed import STREAM_TIME, Windowing
 
 __all__ = [
     "TOMBSTONE",
@@ -71,9 +62,6 @@ __all__ = [
 logger = logging.getLogger("trio_tables.table")
 
 
-# Extra changelog retention of windowed tables past a window's expiry (as Kafka
-# Streams' windowstore.changelog.additional.retention.ms).
-_RETENTION_MARGIN = 24 * 3600 * 1000
 
 
 @attrs.define(eq=False)
@@ -114,7 +102,7 @@ class StandbyUpdate:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-class Collection:
+class Collection(ChangelogApply, WindowSetup, FaustPlumbing):
     """Base of every table: a named, partitioned, changelog-backed collection."""
 
     is_global = False
@@ -180,12 +168,8 @@ class Collection:
             resolve_codec(value_serializer, value_type, default="json")
         )
         self.store_url = store or manager.store_url
-        self.data: Store = open_store(
-            self.store_url,
-            name=f"{manager.app_id}-{name}",
-            key_codec=self.key_codec,
-            value_codec=self.value_codec,
-        )
+        # Opened by open() when the table starts, or at first use (no I/O here).
+        self._data: Store | None = None
         self.logger = logging.getLogger(f"trio_tables.table.{name}")
         self._recover_callbacks: list[Callable[..., Any]] = [
             *(recover_callbacks or ()),
@@ -212,12 +196,8 @@ class Collection:
         # partition -> last changelog offset in the store (what the store says, cached
         # so that the assignor's freshness report costs no store read). Replaced whole,
         # never changed in place: kafka-python's IO thread reads it, the Trio thread
-        # writes it.
-        self.local_offsets: dict[int, int] = {
-            p: offset
-            for p in self.data.partitions()
-            if (offset := self.data.persisted_offset(p)) is not None
-        }
+        # writes it. Read from the store when it is opened.
+        self.local_offsets: dict[int, int] = {}
         self.replayed = 0  # changelog records applied by recovery, since start
         self.standby_applied = 0  # changelog records applied by tailing, since start
         self.restores: list[RestoreReport] = []  # every restore done, oldest first
@@ -278,39 +258,6 @@ class Collection:
 
     def __repr__(self) -> str:
         return f"<{self.label}>"
-
-    def info(self) -> dict[str, Any]:
-        """The keyword arguments that re-create this table (Faust's ``info()``):
-        ``changelog_topic`` is ``None`` unless a custom one was given, ``window`` is the
-        window of a windowed table (its other options: see :meth:`clone`)."""
-        derived = changelog_topic_name(self.manager.app_id, self.name)
-        return {
-            "name": self.name,
-            "default": self.default,
-            "key_type": self.key_type,
-            "value_type": self.value_type,
-            "key_serializer": self._serializers[0],
-            "value_serializer": self._serializers[1],
-            "schema": self.schema,
-            "partitions": self.partitions,
-            "store": self.store_url,
-            "changelog_topic": (
-                None if self._changelog_topic_name == derived else self._changelog_topic_name
-            ),
-            "help": self.help,
-            "recover_callbacks": list(self._recover_callbacks),
-            "on_changelog_event": (
-                self._changelog_callbacks[0] if self._changelog_callbacks else None
-            ),
-            "on_window_close": self._on_window_close,
-            "window": self.window,
-            "recovery_buffer_size": self.recovery_buffer_size,
-            "standby_buffer_size": self.standby_buffer_size,
-            "extra_topic_configs": self._user_topic_configs,
-            "use_partitioner": self.use_partitioner,
-            "options": self.options,
-            "is_global": self.is_global,
-        }
 
     def changelog_created(self, partitions: int) -> None:
         """The manager created (or checked) the changelog with ``partitions``."""
@@ -533,12 +480,6 @@ class Collection:
             if state is not None:
                 state.discard()
 
-    def _window_meta(self, partition: int) -> dict[str, int] | None:
-        if self._windowing is None:
-            return None
-        stream_time = self._windowing.stream_time.get(partition)
-        return None if stream_time is None else {STREAM_TIME: stream_time}
-
     # -- ownership (called by the manager) ------------------------------------------------
     def activate(self, partitions: frozenset[int]) -> None:
         if self._windowing is not None:
@@ -586,446 +527,65 @@ class Collection:
             self._windowing.index.clear()
             self._windowing.stream_time.clear()
 
-    # -- recovery (driven by _recovery.py) ---------------------------------------------
+    # -- the store --------------------------------------------------------------------
     @property
-    def saved_offsets(self) -> Mapping[int, int]:
-        """partition -> last changelog offset the store holds (read without I/O)."""
-        return self.local_offsets
+    def data(self) -> Store:
+        """The table's local store (opened on first use if :meth:`open` did not)."""
+        data = self._data
+        if data is None:
+            data = self._attach(self._open_store())
+        return data
 
-    def check_store_not_ahead(self, partition: int, committed: Mapping[str, int]) -> bool:
-        """Whether the store's data of ``partition`` includes events past the group's
-        ``committed`` source offsets (the worker stopped between persisting and
-        committing): then the partition must be rebuilt from the changelog (logged)."""
-        recorded = self.data.persisted_source_offsets(partition)
-        ahead = {
-            topic: (offset, committed.get(topic))
-            for topic, offset in recorded.items()
-            if committed.get(topic, -1) < offset
-        }
-        if ahead:
-            self.logger.warning(
-                "%s[%d]: local state includes events past the group's committed offsets %s "
-                "(the worker stopped between persisting and committing): rebuilding this "
-                "partition from the changelog",
-                self.name,
-                partition,
-                ahead,
-            )
-        return bool(ahead)
+    @data.setter
+    def data(self, store: Store) -> None:
+        self._attach((store, _saved_offsets(store)))
 
-    async def reset_partition(self, partition: int) -> None:
-        """Forget ``partition``'s local data (store, offsets, layers, windows): it is
-        rebuilt from the changelog. Cancellation: the store reset finishes (in a worker
-        thread for persistent stores); the table forgets the partition either way."""
-        try:
-            await self._run_store(self.data.reset_partition, partition)
-        finally:
-            self.local_offsets = {p: o for p, o in self.local_offsets.items() if p != partition}
-            self._states.pop(partition, None)
-            if self._windowing is not None:
-                self._windowing.forget(partition)
-
-    async def record_sources(self, partition: int, sources: Mapping[str, int]) -> None:
-        """Record in the store that ``partition``'s data is consistent with the source
-        offsets ``sources`` (after a restore, even if nothing was replayed)."""
-        if dict(sources) != self.data.persisted_source_offsets(partition):
-            await self._run_store(
-                partial(self.data.write_batch, source_offsets=sources), partition, {}, None
-            )
-
-    def tailing_started(self) -> None:
-        """The changelog consumer follows new standby copies: not caught up until
-        :meth:`tailing_caught_up`."""
-        if self._tailer_caught_up.is_set():
-            self._tailer_caught_up = trio.Event()
-
-    def tailing_caught_up(self) -> None:
-        """The changelog consumer read up to the end offsets seen when it started."""
-        self._tailer_caught_up.set()
-
-    def notify_progress(self) -> None:
-        self._progress_event.set()
-        self._progress_event = trio.Event()
-
-    async def wait_progress(self) -> None:
-        """Wait until the next change of :attr:`recovery_progress` or
-        :attr:`standby_progress` (for progress displays and tests)."""
-        await self._progress_event.wait()
-
-    async def wait_caught_up(self) -> None:
-        """Wait until the changelog consumer task has read up to the end offsets it saw
-        when it started tailing (for a global table: every partition)."""
-        await self._tailer_caught_up.wait()
-
-    async def apply_changelog_batch(
-        self,
-        partition: int,
-        records: list[Record] | Any,
-        committed: Mapping[TP, int | None] | None = None,
-        *,
-        sources: Mapping[str, int] | None = None,
-    ) -> int:
-        """Apply changelog ``records`` of ``partition`` (in offset order) to the store,
-        with the offset of the last one, in one store transaction; the number applied.
-        Records caused by events at or past ``committed`` are skipped (they will be
-        written again); ``sources`` replaces the source offsets the store records."""
-        if not records:
-            return 0
-        changes: dict[Any, Any] = {}
-        decode_key, decode_value = self.key_codec.decode, self.value_codec.decode
-        uncommitted = None if committed is None else uncommitted_filter(committed)
-        callbacks = self._changelog_callbacks
-        # Recovery replays every record of a changelog through here: no work per record
-        # that the batch does not need.
-        kept = records if uncommitted is None else [r for r in records if not uncommitted(r)]
-        for record in kept:
-            key, value = record.key, record.value
-            changes[None if key is None else decode_key(key)] = (
-                None if value is None else decode_value(value)
-            )
-            if callbacks:
-                for callback in callbacks:
-                    await call_callback(callback, record)
-        meta = None
-        if self._windowing is not None:
-            times = [t for r in records if (t := decode_stream_time(r.headers)) is not None]
-            if times:
-                stored = self.data.persisted_meta(partition).get(STREAM_TIME)
-                meta = {STREAM_TIME: max(times) if stored is None else max(stored, *times)}
-        await self._run_store(
-            partial(self.data.write_batch, source_offsets=sources, meta=meta),
-            partition,
-            changes,
-            records[-1].offset,
-        )
-        state = self._states.get(partition)
-        if state is not None and state.cache is not None:
-            state.remember((k, MISSING if v is None else v) for k, v in changes.items())
-        # Past the skipped records too: they are written again when their events are.
-        self.local_offsets = {**self.local_offsets, partition: records[-1].offset}
-        return len(kept)
-
-    async def _run_store(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.data.persistent:
-            return await trio.to_thread.run_sync(fn, *args)
-        return fn(*args)
-
-    # -- display ---------------------------------------------------------------------------
-    def as_ansitable(
-        self,
-        title: str = "{table.name}",
-        *,
-        limit: int = 100,
-        color: bool | None = None,
-        **_: Any,
-    ) -> str:
-        """This worker's content (active partitions, sorted by key when keys allow) as
-        a terminal table, at most ``limit`` rows. ``title`` is formatted with
-        ``table=self`` (Faust's default: ``"{table.name}"``). ``color``: ANSI colours;
-        ``None`` means only when standard output is a terminal."""
-        rows = [
-            (key, value)
-            for partition in sorted(self._active)
-            for key, value in self._partition_items(partition)
-        ]
-        return render_table(rows, title=title.format(table=self), limit=limit, color=color)
-
-    async def on_window_close(self, key: Any, value: Any) -> None:
-        """Called when a window closes, with ``key`` = ``(key, (start, end))`` and the
-        window's final ``value`` (windowed tables); calls the ``on_window_close=``
-        callback given to the table (awaited when it is a coroutine function; a
-        callback marked with ``asyncio_callback`` runs on the manager's trio-asyncio
-        loop). Cancellation: propagates into the callback."""
-        callback = self._on_window_close
-        if callback is not None:
-            await call_callback(callback, key, value)
-
-    # -- windows ------------------------------------------------------------------------------
-    def tumbling(
-        self,
-        size: Duration,
-        expires: Duration | None = None,
-        *,
-        key_index: bool = False,
-        **options: Any,
-    ) -> WindowWrapper:
-        """Make this table windowed by back-to-back windows of ``size`` (see
-        :meth:`using_window` for ``expires`` and the options)."""
-        return self.using_window(
-            TumblingWindow(size, expires=expires), key_index=key_index, **options
-        )
-
-    def hopping(
-        self,
-        size: Duration,
-        step: Duration,
-        expires: Duration | None = None,
-        *,
-        key_index: bool = False,
-        **options: Any,
-    ) -> WindowWrapper:
-        """Make this table windowed by windows of ``size`` starting every ``step``."""
-        return self.using_window(
-            HoppingWindow(size, step, expires=expires), key_index=key_index, **options
-        )
-
-    def sliding(
-        self,
-        before: Duration,
-        after: Duration,
-        expires: Duration | None = None,
-        *,
-        key_index: bool = False,
-        **options: Any,
-    ) -> WindowWrapper:
-        """Make this table windowed by one window ``[t - before, t + after]`` per
-        timestamp ``t``."""
-        return self.using_window(
-            SlidingWindow(before, after, expires=expires), key_index=key_index, **options
-        )
-
-    def using_window(
-        self,
-        window: Window,
-        *,
-        key_index: bool = False,
-        grace: Duration = 0,
-        expiry: Expiry = "stream_time",
-        clock: Callable[[], float] = time.time,
-        final_results_topic: str | None = None,
-    ) -> WindowWrapper:
-        """Make this table windowed by ``window`` and return its :class:`WindowWrapper`.
-        Call it right after creating the table (before the manager starts it).
-
-        - ``window.expires``: how long a window is kept after it ends, measured on the
-          partition's stream time (newest timestamp seen) minus ``grace``, or on
-          ``clock()`` with ``expiry="wall_clock"``. Then the window *closes*: it is
-          removed from the store, tombstoned in the changelog, passed to
-          ``on_window_close((key, (start, end)), value)`` and, with
-          ``final_results_topic``, sent there (key: the key; value:
-          ``{"start", "end", "value"}``). Updates arriving for a closed window are
-          dropped (counted in ``late_updates``). ``expires=None``: windows never close.
-        - ``key_index``: Faust's option; ``keys()``/``items()``/``values()`` work
-          either way, and ``key_index_table`` is offered when it is set.
-        - The changelog gets ``cleanup.policy=compact,delete`` and ``retention.ms`` of
-          window span + expires + grace + one day, unless ``extra_topic_configs`` says
-          otherwise (a custom ``changelog_topic`` is kept).
-        """
-        if self.is_global:
-            raise TypeError(f"{self.label}: global tables cannot be windowed")
-        if self._changelog_created or self._active:
-            raise RuntimeError(
-                f"{self.label} is running already: make a table windowed right after "
-                "creating it, before the manager starts it"
-            )
-        if self._windowing is not None:
-            if not self._window_options.get("from_constructor"):
-                raise RuntimeError(f"{self.label} is windowed already")
-            # window= gave the window; this call gives the wrapper (and options).
-            self.key_codec = self._windowing.inner_key_codec
-            self.extra_topic_configs = dict(self._user_topic_configs)
-        self.window = window
-        self._window_options = {
-            "key_index": key_index,
-            "grace": grace,
-            "expiry": expiry,
-            "clock": clock,
-            "final_results_topic": final_results_topic,
-        }
-        self._windowing = Windowing(
-            window,
-            inner_key_codec=self.key_codec,
-            grace=to_ms(grace),
-            expiry=expiry,
-            clock=clock,
-            final_results_topic=final_results_topic,
-        )
-        self.key_codec = WindowedKeyCodec(self.key_codec)
-        self.data.close()
-        self.data = open_store(
+    def _open_store(self) -> tuple[Store, dict[int, int]]:
+        """Open the store and read its saved changelog offsets. Blocking (disk) for a
+        persistent store; touches no table state, so any thread may run it."""
+        store = open_store(
             self.store_url,
             name=f"{self.manager.app_id}-{self.name}",
             key_codec=self.key_codec,
             value_codec=self.value_codec,
         )
-        if window.expires is not None:
-            retention = window.span + window.expires + self._windowing.grace + _RETENTION_MARGIN
-            self.extra_topic_configs = {
-                "cleanup.policy": "compact,delete",
-                "retention.ms": str(retention),
-                **self.extra_topic_configs,
-            }
-        return WindowWrapper(self, key_index=key_index)
+        return store, _saved_offsets(store)
 
-    @property
-    def late_updates(self) -> int:
-        """Updates of a windowed table dropped because their window had closed."""
-        return 0 if self._windowing is None else self._windowing.late
+    def _attach(self, opened: tuple[Store, dict[int, int]]) -> Store:
+        store, self.local_offsets = opened
+        self._data = store
+        return store
 
-    async def close_expired_windows(self, partitions: frozenset[int] | set[int]) -> int:
-        """Close the windows of ``partitions`` (active ones) whose time has come (see
-        :meth:`using_window`); the number closed. Called by the manager at the start of
-        each commit cycle, so closings are committed with the changes before them.
-        Cancellation: windows whose callbacks did not run yet stay closed in the table
-        (their tombstones are queued); a crash before the commit opens them again, so
-        callbacks run at least once, and exactly once when the worker stops cleanly."""
-        windowing = self._windowing
-        if windowing is None:
-            return 0
-        closed: list[tuple[int, Any, int, Any]] = []
-        for partition in sorted(set(partitions) & self._active):
-            for start, keys in windowing.due(partition):
-                for key in keys:
-                    value = self._lookup(partition, (key, start))
-                    self._put(partition, (key, start), None)
-                    if value is not MISSING and value is not TOMBSTONE:
-                        closed.append((partition, key, start, value))
-        span = windowing.span
-        for partition, key, start, value in closed:
-            windowing.closed += 1
-            # Informational only (Faust's name, in seconds): expiry never reads it.
-            self.last_closed_window = max(self.last_closed_window, (start + span) / 1000)
-            await call_callback(self.on_window_close, (key, (start, start + span)), value)
-            if windowing.final_results_topic is not None:
-                await self.manager.send(
-                    windowing.final_results_topic,
-                    key,
-                    {"start": start, "end": start + span, "value": value},
-                    partition=partition,
-                )
-        return len(closed)
+    async def open(self) -> None:
+        """Open the store when the table starts: a persistent one in a worker thread
+        (disk I/O stays off the Trio thread), a memory one at once (no thread: tests on
+        trio's MockClock stay deterministic). Cancellation: the open finishes in its
+        thread; a store opened after the caller was cancelled is attached all the same."""
+        if self._data is not None:
+            return
+        if self.store_url.partition("://")[0] == "memory":
+            self._attach(self._open_store())
+        else:
+            self._attach_unless_open(await trio.to_thread.run_sync(self._open_store))
 
-    # -- joins and Faust's stream plumbing ---------------------------------------------------
-    def _join_lookup(self, key: Any) -> tuple[bool, Any]:
-        """``(found, value)`` of ``key`` for a join, in the event's partition."""
-        raw = self._read(key)
-        if raw is MISSING or raw is TOMBSTONE:
-            return False, None
-        return True, _detached(raw)
+    def _attach_unless_open(self, opened: tuple[Store, dict[int, int]]) -> None:
+        if self._data is None:
+            self._attach(opened)
+        else:  # a first use opened it meanwhile
+            opened[0].close()
 
-    def join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
-        """Inner stream-table lookup join: iterate ``stream``, yielding
-        :class:`Joined` ``(event, value)`` for events whose join key ``on`` (see
-        :data:`JoinKey`) is in the table; other events are processed (skipped) silently.
-        Cancellation: as iterating the stream."""
-        return lookup_join(self._join_lookup, stream, on, keep_missing=False)
-
-    def inner_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
-        """Same as :meth:`join`."""
-        return self.join(stream, on)
-
-    def left_join(self, stream: Stream, on: JoinKey = None) -> AsyncIterator[Joined]:
-        """Left stream-table lookup join: every event of ``stream``, with the table's
-        value for its join key or ``None`` when the key is missing."""
-        return lookup_join(self._join_lookup, stream, on, keep_missing=True)
-
-    def outer_join(self, *args: Any, **kwargs: Any) -> Any:
-        """Not supported: an outer join would also emit on table changes. Raises
-        :class:`~trio_tables.errors.UnsupportedOperation` naming :meth:`left_join`
-        (every event) and :meth:`join` (matching events)."""
-        raise UnsupportedOperation(
-            "outer_join",
-            "stream-table joins are lookups; use table.left_join(stream) for every "
-            "event or table.join(stream) for the events whose key is in the table",
-        )
-
-    def combine(self, *args: Any, **kwargs: Any) -> Any:
-        """Not supported (Faust never implemented it either): raises
-        :class:`~trio_tables.errors.UnsupportedOperation` naming the alternatives."""
-        raise UnsupportedOperation(
-            "combine",
-            "run one task per stream in a nursery (they may share tables), or use "
-            "table.join(stream) / table.left_join(stream)",
-        )
-
-    def contribute_to_stream(self, active: Any) -> None:
-        """Faust's hook for stream-side joins (``stream.join(table)``), which do not
-        exist here: raises :class:`~trio_tables.errors.UnsupportedOperation` naming the
-        table-side join to use."""
-        raise UnsupportedOperation(
-            "contribute_to_stream",
-            "join from the table instead: `async for joined in table.join(stream)` "
-            "(or left_join); tables are fed by the manager, not by streams",
-        )
-
-    async def remove_from_stream(self, stream: Any) -> None:
-        """Faust's hook to undo :meth:`contribute_to_stream`: raises
-        :class:`~trio_tables.errors.UnsupportedOperation` (a table-side join ends when
-        its ``async for`` loop does)."""
-        raise UnsupportedOperation(
-            "remove_from_stream",
-            "a table.join(stream) / left_join(stream) ends when its `async for` loop "
-            "is left; nothing is attached to the stream",
-        )
-
-    def clone(self, **kwargs: Any) -> Any:
-        """A new, unregistered table of the same class and settings (serializers,
-        callbacks, window and window options), with ``kwargs`` overriding them; register
-        it with ``manager.add``. A clone with another ``name`` is a separate table with
-        its own changelog ``{app_id}-{name}-changelog`` (unless ``changelog_topic=``)."""
-        return clone_table(self, kwargs)
-
-    async def need_active_standby_for(self, tp: TP) -> bool:
-        """Whether partition ``tp.partition`` needs a standby copy somewhere else for
-        this worker to have its data (Faust: ``False`` when the data is accessible
-        here): ``False`` for a partition active or kept warm here and for every
-        partition of a global table, ``True`` otherwise. Cancellation: nothing to
-        cancel (it answers at once)."""
-        if self.is_global:
-            return False
-        return not (tp.partition in self._active or tp.partition in self.standby_progress)
-
-    # -- callbacks --------------------------------------------------------------------------
-    def on_recover(self, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Register ``callback`` to run after each recovery (usable as a decorator)."""
-        self._recover_callbacks.append(callback)
-        return callback
-
-    def on_changelog_event(self, event: Any) -> Any:
-        """Two uses. With a callable: register ``callback(record)`` for every
-        changelog record applied, and return it (usable as a decorator; same as
-        ``on_changelog_event=``). With a changelog record (Faust's hook): a coroutine
-        that calls every registered callback with it, as applying it does.
-        Cancellation: propagates into the callback."""
-        if callable(event):
-            self._changelog_callbacks.append(event)
-            return event
-        return self._changelog_event(event)
-
-    async def _changelog_event(self, record: Any) -> None:
-        for callback in self._changelog_callbacks:
-            await call_callback(callback, record)
-
-    async def call_recover_callbacks(self) -> None:
-        for callback in self._recover_callbacks:
-            await call_callback(callback)
-
-    async def on_recovery_completed(
-        self, active: frozenset[int], standby: frozenset[int] = frozenset()
-    ) -> None:
-        await self.call_recover_callbacks()
+    def reopen_store(self) -> None:
+        """Close the store; the next use opens it again (after a codec change)."""
+        if self._data is not None:
+            self._data.close()
+            self._data = None
 
     def close(self) -> None:
-        self.data.close()
+        if self._data is not None:
+            self._data.close()
 
-    # -- async with table ----------------------------------------------------------------
-    async def __aenter__(self) -> Any:
-        """Wait until the table's nursery runs and its assigned partitions are
-        recovered. Cancellation: safe, the table keeps running under the manager."""
-        await self.manager.wait_until_table_ready(self)
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        """The table keeps running until the manager stops."""
-
-    async def on_start(self) -> None:
-        """Hook: called when the table's nursery has started."""
-
-    async def on_rebalance(
-        self,
-        assigned: frozenset[TP],
-        revoked: frozenset[TP],
-        newly_assigned: frozenset[TP],
-        generation_id: int = 0,
-    ) -> None:
-        """Hook: called by the manager on every rebalance."""
+def _saved_offsets(store: Store) -> dict[int, int]:
+    return {
+        p: offset for p in store.partitions() if (offset := store.persisted_offset(p)) is not None
+    }

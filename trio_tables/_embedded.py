@@ -36,9 +36,11 @@ from pathlib import Path
 import attrs
 import trio
 
+from ._transport._url import kafka_url
 from .errors import TrioTablesError
 
 __all__ = [
+    "BROKER_SETTINGS",
     "EmbeddedBroker",
     "EmbeddedBrokerError",
     "embedded_broker",
@@ -52,6 +54,13 @@ _STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 _POLL_INTERVAL = 0.01  # Tansu is ready in a few milliseconds
 _FREE_PORT_ATTEMPTS = 3  # another process may grab a port we picked before Tansu binds it
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+BROKER_SETTINGS: Mapping[str, int] = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 1000}
+"""Kafka client settings that :attr:`EmbeddedBroker.url` carries. Tansu holds each join
+round for about half the session timeout, in whole seconds (kafka-python's default 45 s
+means 23 s before a worker's first event; 6000 ms: 3 s; 4000 ms: 2 s, and a worker's
+first event about 2.3 s after it starts). 4 s is still four heartbeats, so a busy
+worker keeps its membership."""
 
 
 class EmbeddedBrokerError(TrioTablesError, RuntimeError):
@@ -81,8 +90,10 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """The broker URL for :func:`trio_tables.open_transport`."""
-        return f"kafka://{self.host}:{self.port}"
+        """The broker URL for :func:`trio_tables.open_transport` and ``TableManager``,
+        with the group settings the embedded broker needs (:data:`BROKER_SETTINGS`):
+        ``kafka://127.0.0.1:PORT?session_timeout_ms=4000&heartbeat_interval_ms=1000``."""
+        return kafka_url(self.bootstrap, BROKER_SETTINGS)
 
 
 # Processes this interpreter started, by pid: needed to reap them (no zombies) and to

@@ -16,6 +16,8 @@ import trio
 
 from trio_tables._cli._demo import demo_words
 from trio_tables._cli._demo_windows import NOT_AVAILABLE
+from trio_tables._embedded import BROKER_SETTINGS
+from trio_tables._transport._url import split_kafka_url
 from trio_tables.cli import EXIT_OK, EXIT_USAGE, main
 from trio_tables.testing import (
     EmbeddedBroker,
@@ -213,8 +215,10 @@ def test_broker_command_prints_its_url_and_stops_on_sigterm() -> None:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()  # blocks until the broker is ready
-        assert url.startswith("kafka://127.0.0.1:")
-        port = int(url.rsplit(":", 1)[1])
+        servers, settings = split_kafka_url(url)
+        assert servers.startswith("127.0.0.1:")
+        assert settings == BROKER_SETTINGS  # what the embedded broker needs, in the URL
+        port = int(servers.rsplit(":", 1)[1])
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -39,6 +39,8 @@ from .workers import (
 pytestmark = pytest.mark.kafka
 
 SETTINGS: dict[str, Any] = {
+    # Real Kafka's minimum (group.min.session.timeout.ms); the embedded broker's URL
+    # carries its own settings, which take precedence.
     "session_timeout_ms": 6000,
     "heartbeat_interval_ms": 1000,
     "end_transaction_timeout": 5.0,

@@ -18,10 +18,11 @@ import trio
 from kafka import KafkaConsumer, TopicPartition
 
 from trio_tables import open_transport
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import TP, OutgoingRecord
 
 APP = Path(__file__).parent / "apps" / "counter_app.py"
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 
 
 STARTED: list[Worker] = []

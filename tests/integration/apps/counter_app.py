@@ -40,10 +40,10 @@ import trio
 
 import trio_tables
 from trio_tables import TP
+from trio_tables._embedded import BROKER_SETTINGS
 
 TEST_SETTINGS: dict[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 1000,
+    **BROKER_SETTINGS,
     "connect_timeout": 10,
 }
 

@@ -177,8 +177,10 @@ class StopControl:
         return self._shutdown
 
     def released(self, committed: Mapping[TP, int]) -> None:
-        """Partitions were released; ``committed``: their committed offsets."""
-        self._committed.update(committed)
+        """Partitions were released; ``committed``: their committed offsets (what the
+        stop's log line reports, for partitions released while stopping)."""
+        if self.requested:
+            self._committed.update(committed)
 
     # -- signals -----------------------------------------------------------------------
     def on_signal(self, signum: signal.Signals) -> None:

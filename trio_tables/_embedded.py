@@ -51,6 +51,9 @@ __all__ = [
 
 _HOST = "127.0.0.1"
 _STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+# In-memory storage has nothing to write at exit; Tansu's SIGTERM still waits for the
+# join rounds it holds (up to half a session timeout), which a stop need not wait for.
+_MEMORY_STOP_GRACE = 0.5
 _POLL_INTERVAL = 0.01  # Tansu is ready in a few milliseconds
 _FREE_PORT_ATTEMPTS = 3  # another process may grab a port we picked before Tansu binds it
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -82,6 +85,7 @@ class EmbeddedBroker:
     port: int
     pid: int
     log_path: str = attrs.field(default="", eq=False)
+    storage: str | None = attrs.field(default=None, eq=False)
 
     @property
     def bootstrap(self) -> str:
@@ -266,11 +270,13 @@ def _check_ready(proc: subprocess.Popen[bytes], port: int, log_path: str) -> boo
     return _accepts(port) and _owns_listener(proc.pid, port)
 
 
-def _started(proc: subprocess.Popen[bytes], port: int, log_path: str) -> EmbeddedBroker:
+def _started(
+    proc: subprocess.Popen[bytes], port: int, log_path: str, storage: str | None
+) -> EmbeddedBroker:
     # Still alive after the probe that proved it ready.
     if proc.poll() is not None:
         _check_ready(proc, port, log_path)
-    return EmbeddedBroker(_HOST, port, proc.pid, log_path)
+    return EmbeddedBroker(_HOST, port, proc.pid, log_path, storage)
 
 
 def _not_ready_error(
@@ -323,7 +329,7 @@ def start_embedded_broker(
                 if time.monotonic() >= deadline:
                     raise _not_ready_error(proc, candidate, log_path, ready_timeout)
                 time.sleep(_POLL_INTERVAL)
-            return _started(proc, candidate, log_path)
+            return _started(proc, candidate, log_path, storage)
         except EmbeddedBrokerError:
             _stop_process(proc, kill=True)
             _remove(log_path)
@@ -376,21 +382,23 @@ def _pid_alive(pid: int) -> bool:
 def stop_embedded_broker(broker: EmbeddedBroker, *, kill: bool = False) -> None:
     """Stop ``broker`` by its PID and wait until the process has exited.
 
-    Sends ``SIGTERM`` and, if the broker is still running after a grace period (5 s),
-    ``SIGKILL``. ``kill=True`` sends ``SIGKILL`` at once (a broker crash, for tests of
-    outages; with in-memory storage everything is lost). Stopping a broker that already
-    exited is not an error. Removes the broker's log file.
+    Sends ``SIGTERM`` and, if the broker is still running after a grace period (5 s;
+    0.5 s with in-memory storage, which has nothing to save), ``SIGKILL``. ``kill=True``
+    sends ``SIGKILL`` at once (a broker crash, for tests of outages; with in-memory
+    storage everything is lost). Stopping a broker that already exited is not an error.
+    Removes the broker's log file.
     """
     with _children_lock:
         proc = _children.get(broker.pid)
+    grace = _STOP_GRACE if broker.storage else _MEMORY_STOP_GRACE
     if proc is not None:
-        _stop_process(proc, kill=kill)
+        _stop_process(proc, kill=kill, grace=grace)
     else:
         # Not our child (started by another process): signal and watch it go.
         sig = signal.SIGKILL if kill else signal.SIGTERM
         with contextlib.suppress(ProcessLookupError):
             os.kill(broker.pid, sig)
-        deadline = time.monotonic() + _STOP_GRACE
+        deadline = time.monotonic() + grace
         while _pid_alive(broker.pid):
             if time.monotonic() >= deadline and sig != signal.SIGKILL:
                 sig = signal.SIGKILL
@@ -471,7 +479,7 @@ async def open_embedded_broker(
                     await trio.sleep(_POLL_INTERVAL)
             if scope.cancelled_caught:
                 raise _not_ready_error(proc, candidate, log_path, ready_timeout)
-            broker = _started(proc, candidate, log_path)
+            broker = _started(proc, candidate, log_path, storage)
             break
         except BaseException as exc:
             with trio.CancelScope(shield=True):

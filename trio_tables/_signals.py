@@ -184,12 +184,13 @@ class StopControl:
 
     # -- signals -----------------------------------------------------------------------
     def on_signal(self, signum: signal.Signals) -> None:
-        """First signal: stop after the current events; second: stop at once."""
-        if not self.requested:
-            self.signal = signum
+        """First signal: stop after the current events (as :meth:`request`, which may
+        have been called already); second: stop at once."""
+        first = self.signal is None
+        self.signal = signum
+        if first:
             self.request(signum.name)
-        elif not self.forced:
-            self.signal = signum
+        else:
             self.force(f"{signum.name} again")
 
     def request(self, reason: str) -> None:

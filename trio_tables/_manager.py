@@ -105,7 +105,7 @@ class TableManager:
     without committing, one log line says what was left uncommitted, and the block
     raises ``SystemExit(130)`` (SIGINT) or ``SystemExit(143)`` (SIGTERM). Without it,
     signals are Trio's (SIGINT raises ``KeyboardInterrupt``). :meth:`request_stop` does
-    what the first signal does. See :mod:`trio_tables._signals`.
+    what the first signal does (docs/operations.md, "Stopping workers").
 
     ``processing_guarantee="exactly_once"`` puts the changelog records, the outputs of
     :meth:`send` and the source offsets of each commit interval in one Kafka transaction

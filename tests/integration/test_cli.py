@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections import Counter
 
 import pytest
@@ -124,7 +125,9 @@ async def _run_word_count(url: str, app: str, topic: str) -> None:
 
 @pytest.fixture(scope="module")
 def word_count_app(kafka_broker: EmbeddedBroker) -> tuple[str, str]:
-    app = f"cli-app-{os.getpid()}-{id(kafka_broker) % 1000}"
+    # Unique per setup: with pytest-xdist a module's fixture may be set up again in one
+    # process (its tests interleaved with other modules'), on the same broker.
+    app = f"cli-app-{uuid.uuid4().hex[:12]}"
     topic = f"{app}-words"
     trio.run(_run_word_count, kafka_broker.url, app, topic)
     return app, kafka_broker.url

@@ -25,6 +25,7 @@ import trio
 import trio_tables
 from trio_tables import TP, TableManager
 from trio_tables._transport._base import IsolationLevel, OutgoingRecord
+from trio_tables._transport._url import split_kafka_url
 from trio_tables.errors import TransactionAborted, WorkerFenced
 
 from .workers import (
@@ -58,7 +59,7 @@ class _Broker:
 
     @property
     def bootstrap(self) -> str:
-        return self.url.removeprefix("kafka://")
+        return split_kafka_url(self.url)[0]
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from ._exactly_once import Transactions
 from ._partitioner import key_bytes
 from ._rebalance import Assignment, RebalanceSupervisor
 from ._recovery import RecoveryStatus, TableMessage, run_table
+from ._signals import StopControl
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
     Collection,
@@ -97,6 +98,16 @@ class TableManager:
     committed, and events processed since the last commit are processed again by the next
     owner of their partitions.
 
+    ``handle_signals=True`` (for a worker process; main thread only): the first SIGINT or
+    SIGTERM ends every stream's ``async for`` loop after its current event, so the block
+    runs to its end and leaves normally: a last commit, the group is left (the partitions
+    move at once), one log line says what was committed. A second signal, or a stop not
+    done within ``shutdown_timeout``, stops at once: the manager's work is cancelled
+    without committing, one log line says what was left uncommitted, and the block
+    raises ``SystemExit(130)`` (SIGINT) or ``SystemExit(143)`` (SIGTERM). Without it,
+    signals are Trio's (SIGINT raises ``KeyboardInterrupt``). :meth:`request_stop` does
+    what the first signal does (docs/operations.md, "Stopping workers").
+
     ``processing_guarantee="exactly_once"`` puts the changelog records, the outputs of
     :meth:`send` and the source offsets of each commit interval in one Kafka transaction
     (see :mod:`trio_tables._exactly_once`); stores are written only after it commits,
@@ -130,6 +141,7 @@ class TableManager:
         advertised_host: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
+        handle_signals: bool = False,
     ) -> None:
         if processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError(
@@ -151,6 +163,7 @@ class TableManager:
         self.shutdown_timeout = shutdown_timeout
         self.poll_timeout = poll_timeout
         self.transport_options = dict(transport_options or {})
+        self.handle_signals = handle_signals
         self.logger = logger
         # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
         # stable worker_id lets a restarted worker fence its zombie at once (and abort
@@ -197,6 +210,12 @@ class TableManager:
         self._assignments_send, self._assignments_receive = trio.open_memory_channel[Assignment](
             math.inf
         )
+        self._stopper = StopControl(
+            app_id,
+            streams=lambda: list(self._streams.values()),
+            offsets=lambda: (dict(self._processed), dict(self._committed)),
+            timeout=shutdown_timeout,
+        )
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
@@ -213,6 +232,7 @@ class TableManager:
     async def __aenter__(self) -> TableManager:
         stack = AsyncExitStack()
         try:
+            stack.enter_context(self._stopper.running(handle_signals=self.handle_signals))
             self._transport = await stack.enter_async_context(
                 open_transport(self.broker_url, **self.transport_options)
             )
@@ -231,6 +251,7 @@ class TableManager:
         self._asyncio_token = set_current_asyncio_loop(self._asyncio)
         self._nursery.start_soon(self._committer)
         self._nursery.start_soon(self._recovery_supervisor)
+        self._stopper.start(self._nursery)
         for table in self.tables.values():
             self._nursery.start_soon(self._start_table, table)
         await self.on_start()
@@ -248,7 +269,7 @@ class TableManager:
         self._recovery_changed()
         try:
             if exc is None:
-                with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
+                with self._stopper.shutdown_scope(), trio.fail_after(self.shutdown_timeout):
                     await self._stop_group()
                     await self.on_stop()
                     if self._transactions is not None and not self._stopping_on_error():
@@ -287,6 +308,15 @@ class TableManager:
         """How this app reads sources and changelogs (``read_committed`` under
         ``exactly_once``: records of aborted transactions are never applied)."""
         return "read_uncommitted" if self._transactions is None else "read_committed"
+
+    def request_stop(self) -> None:
+        """Ask the manager to stop as a first SIGINT/SIGTERM does under
+        ``handle_signals=True``: every stream's ``async for`` loop ends after its current
+        event (a stream opened later ends at once, without joining the group), so the
+        ``async with`` block can run to its end; leaving it makes the last commit and
+        leaves the group. If the stop is not done within ``shutdown_timeout`` seconds,
+        the manager stops at once (see the class). Returns at once; idempotent."""
+        self._stopper.request("stop requested")
 
     def _close_tables(self) -> None:
         for table in self.tables.values():
@@ -506,7 +536,10 @@ class TableManager:
         )
         self._streams[topic] = stream
         try:
-            await self._subscribe(self._group_topics | {topic})
+            if self._stopper.requested:
+                stream.stop()  # stopping: the stream ends at once, no group is joined
+            else:
+                await self._subscribe(self._group_topics | {topic})
             yield stream
         except BaseException:
             # The event in progress did not finish: it is not processed, and the changes
@@ -520,8 +553,12 @@ class TableManager:
         self._streams.pop(topic, None)
         # Re-join without this topic (leave the group if it was the last stream): the
         # revocation commits what was processed, and records fetched for the stream but
-        # not processed go to whoever consumes the topic next.
-        await self._subscribe(self._group_topics - {topic})
+        # not processed go to whoever consumes the topic next. While stopping, streams
+        # still ending keep the group as it is, and the last one leaves it.
+        remaining = self._group_topics - {topic}
+        if self._stopper.requested:
+            remaining = self._group_topics if self._streams else frozenset()
+        await self._subscribe(remaining)
 
     def _event_processed(self, tp: TP, offset: int) -> None:
         self._processed[tp] = offset + 1
@@ -920,6 +957,9 @@ class TableManager:
                 if self._transactions is not None and not self._stopping_on_error():
                     await self._transactions.roll_back(partitions)
         finally:
+            self._stopper.released(
+                {tp: o for tp, o in self._committed.items() if tp.partition in partitions}
+            )
             for table in self.tables.values():
                 table.deactivate(partitions)
             for stream in self._streams.values():

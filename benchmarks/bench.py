@@ -49,6 +49,7 @@ from rich.table import Table
 
 from trio_tables._transport._base import OutgoingRecord
 from trio_tables._transport._kafka import open_kafka_transport
+from trio_tables._transport._url import split_kafka_url
 from trio_tables.testing import open_embedded_broker
 
 HERE = Path(__file__).resolve().parent
@@ -425,7 +426,7 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
     if args.broker:
-        runner = Runner(args, args.broker.removeprefix("kafka://"))
+        runner = Runner(args, split_kafka_url(args.broker)[0])
         await runner.run()
     else:
         async with open_embedded_broker() as broker:

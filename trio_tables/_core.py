@@ -59,6 +59,7 @@ def build_core(
     commit_timeout: float,
     revoke_timeout: float,
     poll_timeout: float,
+    on_released: Callable[[frozenset[int]], None],
 ) -> WorkerCore:
     """Create and wire the owners; ``transactional_id`` selects ``exactly_once``."""
     registry = TableRegistry(changelog_replication_factor=changelog_replication_factor)
@@ -111,6 +112,7 @@ def build_core(
         committed=committed,
         transactions=transactions,
         revoke_timeout=revoke_timeout,
+        on_released=on_released,
     )
     supervisor_box.append(supervisor)
     membership.append(

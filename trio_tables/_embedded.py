@@ -36,9 +36,11 @@ from pathlib import Path
 import attrs
 import trio
 
+from ._transport._url import kafka_url
 from .errors import TrioTablesError
 
 __all__ = [
+    "BROKER_SETTINGS",
     "EmbeddedBroker",
     "EmbeddedBrokerError",
     "embedded_broker",
@@ -49,9 +51,19 @@ __all__ = [
 
 _HOST = "127.0.0.1"
 _STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+# In-memory storage has nothing to write at exit; Tansu's SIGTERM still waits for the
+# join rounds it holds (up to half a session timeout), which a stop need not wait for.
+_MEMORY_STOP_GRACE = 0.5
 _POLL_INTERVAL = 0.01  # Tansu is ready in a few milliseconds
 _FREE_PORT_ATTEMPTS = 3  # another process may grab a port we picked before Tansu binds it
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+BROKER_SETTINGS: Mapping[str, int] = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 1000}
+"""Kafka client settings that :attr:`EmbeddedBroker.url` carries. Tansu holds each join
+round for about half the session timeout, in whole seconds (kafka-python's default 45 s
+means 23 s before a worker's first event; 6000 ms: 3 s; 4000 ms: 2 s, and a worker's
+first event about 2.3 s after it starts). 4 s is still four heartbeats, so a busy
+worker keeps its membership."""
 
 
 class EmbeddedBrokerError(TrioTablesError, RuntimeError):
@@ -73,6 +85,7 @@ class EmbeddedBroker:
     port: int
     pid: int
     log_path: str = attrs.field(default="", eq=False)
+    storage: str | None = attrs.field(default=None, eq=False)
 
     @property
     def bootstrap(self) -> str:
@@ -81,8 +94,10 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """The broker URL for :func:`trio_tables.open_transport`."""
-        return f"kafka://{self.host}:{self.port}"
+        """The broker URL for :func:`trio_tables.open_transport` and ``TableManager``,
+        with the group settings the embedded broker needs (:data:`BROKER_SETTINGS`):
+        ``kafka://127.0.0.1:PORT?session_timeout_ms=4000&heartbeat_interval_ms=1000``."""
+        return kafka_url(self.bootstrap, BROKER_SETTINGS)
 
 
 # Processes this interpreter started, by pid: needed to reap them (no zombies) and to
@@ -255,11 +270,13 @@ def _check_ready(proc: subprocess.Popen[bytes], port: int, log_path: str) -> boo
     return _accepts(port) and _owns_listener(proc.pid, port)
 
 
-def _started(proc: subprocess.Popen[bytes], port: int, log_path: str) -> EmbeddedBroker:
+def _started(
+    proc: subprocess.Popen[bytes], port: int, log_path: str, storage: str | None
+) -> EmbeddedBroker:
     # Still alive after the probe that proved it ready.
     if proc.poll() is not None:
         _check_ready(proc, port, log_path)
-    return EmbeddedBroker(_HOST, port, proc.pid, log_path)
+    return EmbeddedBroker(_HOST, port, proc.pid, log_path, storage)
 
 
 def _not_ready_error(
@@ -312,7 +329,7 @@ def start_embedded_broker(
                 if time.monotonic() >= deadline:
                     raise _not_ready_error(proc, candidate, log_path, ready_timeout)
                 time.sleep(_POLL_INTERVAL)
-            return _started(proc, candidate, log_path)
+            return _started(proc, candidate, log_path, storage)
         except EmbeddedBrokerError:
             _stop_process(proc, kill=True)
             _remove(log_path)
@@ -365,21 +382,23 @@ def _pid_alive(pid: int) -> bool:
 def stop_embedded_broker(broker: EmbeddedBroker, *, kill: bool = False) -> None:
     """Stop ``broker`` by its PID and wait until the process has exited.
 
-    Sends ``SIGTERM`` and, if the broker is still running after a grace period (5 s),
-    ``SIGKILL``. ``kill=True`` sends ``SIGKILL`` at once (a broker crash, for tests of
-    outages; with in-memory storage everything is lost). Stopping a broker that already
-    exited is not an error. Removes the broker's log file.
+    Sends ``SIGTERM`` and, if the broker is still running after a grace period (5 s;
+    0.5 s with in-memory storage, which has nothing to save), ``SIGKILL``. ``kill=True``
+    sends ``SIGKILL`` at once (a broker crash, for tests of outages; with in-memory
+    storage everything is lost). Stopping a broker that already exited is not an error.
+    Removes the broker's log file.
     """
     with _children_lock:
         proc = _children.get(broker.pid)
+    grace = _STOP_GRACE if broker.storage else _MEMORY_STOP_GRACE
     if proc is not None:
-        _stop_process(proc, kill=kill)
+        _stop_process(proc, kill=kill, grace=grace)
     else:
         # Not our child (started by another process): signal and watch it go.
         sig = signal.SIGKILL if kill else signal.SIGTERM
         with contextlib.suppress(ProcessLookupError):
             os.kill(broker.pid, sig)
-        deadline = time.monotonic() + _STOP_GRACE
+        deadline = time.monotonic() + grace
         while _pid_alive(broker.pid):
             if time.monotonic() >= deadline and sig != signal.SIGKILL:
                 sig = signal.SIGKILL
@@ -460,7 +479,7 @@ async def open_embedded_broker(
                     await trio.sleep(_POLL_INTERVAL)
             if scope.cancelled_caught:
                 raise _not_ready_error(proc, candidate, log_path, ready_timeout)
-            broker = _started(proc, candidate, log_path)
+            broker = _started(proc, candidate, log_path, storage)
             break
         except BaseException as exc:
             with trio.CancelScope(shield=True):

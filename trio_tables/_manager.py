@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import trio
 
-from ._assignor import KeyMetadata
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, resolve_codec
 from ._core import build_core
 from ._hooks import ManagerHooks
 from ._partitioner import key_bytes
-from ._recovery import RecoveryStatus
+from ._signals import StopControl
+from ._status import ManagerStatus
 from ._stream import DecodeErrorPolicy, Stream, current_event
 from ._table import (
     Collection,
@@ -80,7 +80,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
     return leaves[0] if len(leaves) == 1 else None
 
 
-class TableManager(ManagerHooks):
+class TableManager(ManagerStatus, ManagerHooks):
     """Owns an application's tables, its consumer group membership and its commits.
 
     ``async with TableManager(app_id, broker=..., store=...) as manager:`` connects,
@@ -94,6 +94,16 @@ class TableManager(ManagerHooks):
     Cancellation of the ``async with`` block behaves like an exception: nothing more is
     committed, and events processed since the last commit are processed again by the next
     owner of their partitions.
+
+    ``handle_signals=True`` (for a worker process; main thread only): the first SIGINT or
+    SIGTERM ends every stream's ``async for`` loop after its current event, so the block
+    runs to its end and leaves normally: a last commit, the group is left (the partitions
+    move at once), one log line says what was committed. A second signal, or a stop not
+    done within ``shutdown_timeout``, stops at once: the manager's work is cancelled
+    without committing, one log line says what was left uncommitted, and the block
+    raises ``SystemExit(130)`` (SIGINT) or ``SystemExit(143)`` (SIGTERM). Without it,
+    signals are Trio's (SIGINT raises ``KeyboardInterrupt``). :meth:`request_stop` does
+    what the first signal does (docs/operations.md, "Stopping workers").
 
     ``processing_guarantee="exactly_once"`` puts the changelog records, the outputs of
     :meth:`send` and the source offsets of each commit interval in one Kafka transaction
@@ -129,6 +139,7 @@ class TableManager(ManagerHooks):
         advertised_host: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
+        handle_signals: bool = False,
     ) -> None:
         if processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError(
@@ -151,6 +162,7 @@ class TableManager(ManagerHooks):
         self.commit_timeout = commit_timeout
         self.poll_timeout = poll_timeout
         self.transport_options = dict(transport_options or {})
+        self.handle_signals = handle_signals
         self.advertised_host = advertised_host
         self.logger = logger
         # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
@@ -178,12 +190,19 @@ class TableManager(ManagerHooks):
             commit_timeout=commit_timeout,
             revoke_timeout=revoke_timeout,
             poll_timeout=poll_timeout,
+            on_released=self._released,
         )
         self._registry, self._ledger, self._flow = core.registry, core.ledger, core.flow
         self._health, self._assignor, self._cycle = core.health, core.assignor, core.cycle
         self._supervisor, self._membership = core.supervisor, core.membership
         self._transactions = core.transactions
         self.tables = self._registry.tables
+        self._stopper = StopControl(
+            app_id,
+            streams=lambda: list(self._flow.streams.values()),
+            offsets=lambda: (dict(self._ledger.processed), dict(self._ledger.committed)),
+            timeout=shutdown_timeout,
+        )
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
@@ -200,6 +219,7 @@ class TableManager(ManagerHooks):
     async def __aenter__(self) -> TableManager:
         stack = AsyncExitStack()
         try:
+            stack.enter_context(self._stopper.running(handle_signals=self.handle_signals))
             self._transport = await stack.enter_async_context(
                 open_transport(self.broker_url, **self.transport_options)
             )
@@ -219,6 +239,7 @@ class TableManager(ManagerHooks):
         self._asyncio_token = set_current_asyncio_loop(self._asyncio)
         self._nursery.start_soon(self._committer)
         self._nursery.start_soon(self._supervisor.run, self._nursery)
+        self._stopper.start(self._nursery)
         for table in self.tables.values():
             self._nursery.start_soon(self._start_table, table)
         await self.on_start()
@@ -235,7 +256,7 @@ class TableManager(ManagerHooks):
         self._supervisor.stopped()
         try:
             if exc is None:
-                with trio.CancelScope(shield=True), trio.fail_after(self.shutdown_timeout):
+                with self._stopper.shutdown_scope(), trio.fail_after(self.shutdown_timeout):
                     await self._membership.leave()
                     await self.on_stop()
                     if self._transactions is not None and not self._health.failing():
@@ -276,6 +297,21 @@ class TableManager(ManagerHooks):
         if self.processing_guarantee == "exactly_once":
             return "read_committed"
         return "read_uncommitted"
+
+    def request_stop(self) -> None:
+        """Ask the manager to stop as a first SIGINT/SIGTERM does under
+        ``handle_signals=True``: every stream's ``async for`` loop ends after its current
+        event (a stream opened later ends at once, without joining the group), so the
+        ``async with`` block can run to its end; leaving it makes the last commit and
+        leaves the group. If the stop is not done within ``shutdown_timeout`` seconds,
+        the manager stops at once (see the class). Returns at once; idempotent."""
+        self._stopper.request("stop requested")
+
+    def _released(self, partitions: frozenset[int]) -> None:
+        """Partitions left this worker (revoked or lost): for the stop report."""
+        self._stopper.released(
+            {tp: o for tp, o in self._ledger.committed.items() if tp.partition in partitions}
+        )
 
     # -- tables -------------------------------------------------------------------------
     def Table(self, name: str, **kwargs: Any) -> Table:
@@ -395,7 +431,10 @@ class TableManager(ManagerHooks):
         )
         streams[topic] = stream
         try:
-            await self._subscribe(self._membership.topics | {topic})
+            if self._stopper.requested:
+                stream.stop()  # stopping: the stream ends at once, no group is joined
+            else:
+                await self._subscribe(self._membership.topics | {topic})
             yield stream
         except BaseException:
             # The event in progress did not finish: it is not processed, and the changes
@@ -410,7 +449,12 @@ class TableManager(ManagerHooks):
         # Re-join without this topic (leave the group if it was the last stream): the
         # revocation commits what was processed, and records fetched for the stream but
         # not processed go to whoever consumes the topic next.
-        await self._subscribe(self._membership.topics - {topic})
+        # While stopping, streams still ending keep the group as it is, and the last one
+        # leaves it.
+        remaining = self._membership.topics - {topic}
+        if self._stopper.requested:
+            remaining = self._membership.topics if streams else frozenset()
+        await self._subscribe(remaining)
 
     async def _subscribe(self, topics: frozenset[str]) -> None:
         assert self._nursery is not None
@@ -505,91 +549,3 @@ class TableManager(ManagerHooks):
         the changelog up to ``offset``. Stores here save their offset with every commit
         cycle, so this is only for code that writes a store itself."""
         store.write_batch(tp.partition, {}, offset)
-
-    @property
-    def changelog_topics(self) -> frozenset[str]:
-        """Every table's changelog topic."""
-        return frozenset(table.changelog_topic_name for table in self.tables.values())
-
-    @property
-    def actives_ready(self) -> bool:
-        """Whether every assigned partition is recovered by every table."""
-        return self._supervisor.fully_recovered()
-
-    @property
-    def standbys_ready(self) -> bool:
-        """Whether every table's standby copies (and global tables) have caught up."""
-        return all(table.standbys_caught_up for table in self.tables.values())
-
-    @property
-    def recovery(self) -> RecoveryStatus:
-        """A snapshot of recovery and standby progress (Faust's ``recovery`` service)."""
-        return RecoveryStatus(
-            {name: dict(t.recovery_progress) for name, t in self.tables.items()},
-            {name: dict(t.standby_progress) for name, t in self.tables.items()},
-            self.actives_ready,
-        )
-
-    @property
-    def standby_partitions(self) -> frozenset[int]:
-        """Partition numbers this worker keeps warm copies of."""
-        return self._supervisor.standbys
-
-    def metadata_for_key(self, table: str | Collection, key: Any) -> KeyMetadata:
-        """Which member serves ``key`` of ``table`` (by the key's partition under Kafka's
-        default partitioner), as of the latest assignment: the advertised host of its
-        owner and of the members holding standbys (``advertised_host=`` setting)."""
-        collection = self.tables[table] if isinstance(table, str) else table
-        partition = collection.partition_for_key(key)
-        view = self._assignor.view
-        return KeyMetadata(
-            partition,
-            view.active_hosts.get(partition),
-            tuple(view.standby_hosts.get(partition, ())),
-        )
-
-    async def wait_until_recovered(self) -> None:
-        """Wait until this worker has its first assignment and every assigned partition is
-        recovered by every table (at once when no stream was opened), and every global
-        table has read up to the end offsets seen when it started. Raises
-        :class:`~trio_tables.errors.RecoveryFailed` when a restore failed (the manager
-        stops with its cause) instead of returning over a half-restored table.
-        Cancellation: safe, nothing is waiting on the caller."""
-        await self._wait_recovered()
-
-    async def _wait_recovered(self) -> bool:
-        """:meth:`wait_until_recovered`; ``True`` if the manager stopped first."""
-        supervisor = self._supervisor
-        while self._membership.joined and not supervisor.fully_recovered():
-            supervisor.check_recovery()
-            if supervisor.is_stopped:
-                return True
-            await supervisor.recovery_changed.wait()
-        supervisor.check_recovery()
-        for table in list(self.tables.values()):
-            if table.is_global:
-                await self._registry.wait_until_ready(table)
-                await table.wait_caught_up()
-        return False
-
-    async def wait_until_recovery_completed(self) -> bool:
-        """Faust's name for :meth:`wait_until_recovered`, with Faust's result: ``False``
-        once recovered, ``True`` if the manager stopped before (Faust: "stopped").
-        Raises :class:`~trio_tables.errors.RecoveryFailed` when a restore failed.
-        Cancellation: safe."""
-        return await self._wait_recovered()
-
-    def recovery_progress(self) -> dict[str, dict[int, tuple[int, int]]]:
-        """Per table and partition: ``(position, target)`` of the current or last
-        restore."""
-        return {name: dict(table.recovery_progress) for name, table in self.tables.items()}
-
-    @property
-    def assignment(self) -> frozenset[TP]:
-        """Source partitions assigned to this worker."""
-        return self._supervisor.assigned
-
-    @property
-    def active_partitions(self) -> frozenset[int]:
-        """Partition numbers recovered and being processed here."""
-        return frozenset(self._ledger.ready)

@@ -108,8 +108,10 @@ class RebalanceSupervisor:
         committed: CommittedOffsets,
         transactions: Transactions | None,
         revoke_timeout: float,
+        on_released: Callable[[frozenset[int]], None],
     ) -> None:
         self.app_id = app_id
+        self._on_released = on_released
         self._registry = registry
         self._ledger = ledger
         self._flow = flow
@@ -240,6 +242,7 @@ class RebalanceSupervisor:
                 if self._transactions is not None and not self._health.failing():
                     await self._transactions.roll_back(partitions)
         finally:
+            self._on_released(partitions)
             for table in tables:
                 table.deactivate(partitions)
             self._flow.drop(partitions)

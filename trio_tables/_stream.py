@@ -333,6 +333,14 @@ class Stream:
         self._finish_current()
         self._reader = None
 
+    def stop(self) -> None:
+        """End the iteration after the event in progress: the ``async for`` loop ends
+        when it asks for the next event (which also finishes the current one), or at
+        once if it is waiting for one. What the manager does on a stop request (see
+        ``TableManager(handle_signals=True)``)."""
+        self.closed = True
+        self._changed.set()
+
     def close(self) -> None:
         """Stop iterating; the event in progress (if any) counts as processed.
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from ._embedded import BROKER_SETTINGS
 from ._manager import TableManager
 from ._table import Collection
 from ._transport import open_transport
@@ -28,14 +29,11 @@ __all__ = [
     "wait_until_committed",
 ]
 
-TEST_KAFKA_SETTINGS: Mapping[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 1000,
-    "connect_timeout": 10,
-}
-"""Kafka client settings for tests and demos on the embedded broker: Tansu holds each
-join round for about half the session timeout, so a short one keeps rebalances at ~3 s
-(kafka-python's default 45 s would make them ~23 s)."""
+TEST_KAFKA_SETTINGS: Mapping[str, Any] = {**BROKER_SETTINGS, "connect_timeout": 10}
+"""Kafka client settings for tests and demos on the embedded broker: its URL's settings
+(:data:`~trio_tables._embedded.BROKER_SETTINGS`: Tansu holds each join round for about
+half the session timeout, so a short one keeps rebalances at ~2 s; kafka-python's
+default 45 s would make them ~23 s) and a 10 s connect timeout."""
 
 _POLL = 0.05  # seconds between two looks at state owned by another task or process
 

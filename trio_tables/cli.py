@@ -13,7 +13,9 @@ Commands (``trio-tables COMMAND --help`` describes each):
 
 ``tables``, ``show`` and ``recover`` join no consumer group: running workers see no
 rebalance. Exit codes: 0 success, 1 failure, 2 usage error, unreachable broker, unknown
-app or table, 130 interrupted. Each module of :mod:`trio_tables._cli` holds a command.
+app or table, 130 interrupted (Ctrl-C; 143 for SIGTERM). Every command answers Ctrl-C at
+once with a line on standard error (see :class:`~trio_tables._cli._common.Interrupts`).
+Each module of :mod:`trio_tables._cli` holds a command.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from ._cli._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    Interrupts,
     UnknownApp,
     UnknownTable,
+    current_interrupts,
     print_error,
 )
-from .errors import BrokerUnavailable, TrioTablesError, UnsupportedBrokerURL
+from ._signals import HUB
+from .errors import BrokerUnavailable, InvalidBrokerURL, TrioTablesError, UnsupportedBrokerURL
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -75,6 +80,32 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+async def _run_command(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """The command, answering SIGINT/SIGTERM (``broker`` handles its own)."""
+    runner = RUNNERS[args.command]
+    if args.command == "broker":
+        return await runner(args, out, err)
+    with trio.CancelScope() as scope:
+        interrupts = Interrupts(err, scope)
+        token = current_interrupts.set(interrupts)
+        try:
+            with HUB.subscribed(interrupts.on_signal):
+                code = await runner(args, out, err)
+        except SystemExit:
+            if not interrupts.received:
+                raise
+        except BaseExceptionGroup as group:
+            # Workers stopped at once by a second signal end with SystemExit(130/143).
+            if not interrupts.received or group.split((SystemExit, trio.Cancelled))[1]:
+                raise
+        finally:
+            current_interrupts.reset(token)
+    if interrupts.received:
+        err.print("interrupted")
+        return interrupts.exit_code
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -83,13 +114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         try:
-            return trio.run(RUNNERS[args.command], args, out, err)
+            return trio.run(_run_command, args, out, err)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
-    except (BrokerUnavailable, UnsupportedBrokerURL, UnknownApp, UnknownTable) as exc:
+    except (
+        BrokerUnavailable,
+        InvalidBrokerURL,
+        UnsupportedBrokerURL,
+        UnknownApp,
+        UnknownTable,
+    ) as exc:
         print_error(err, exc)
         return EXIT_USAGE
     except trio.TooSlowError:

@@ -12,6 +12,7 @@ __all__ = [
     "BrokerUnavailable",
     "CommitFailed",
     "DeliveryFailed",
+    "InvalidBrokerURL",
     "NoWindowTimestamp",
     "PartitionCountMismatch",
     "PartitionNotOwned",
@@ -47,6 +48,17 @@ class UnsupportedBrokerURL(TrioTablesError, ValueError):
             "for a Kafka cluster or 'memory://[name]' for the in-process broker"
         )
         self.url = url
+
+
+class InvalidBrokerURL(TrioTablesError, ValueError):
+    """A broker URL is malformed, or carries a setting that does not exist or whose
+    value does not fit (``kafka://host:port?session_timeout_ms=6000&...``: the names are
+    :class:`KafkaSettings` fields; the message lists them)."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(f"broker URL {url!r}: {problem}")
+        self.url = url
+        self.problem = problem
 
 
 class BrokerUnavailable(TrioTablesError):

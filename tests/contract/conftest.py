@@ -22,6 +22,8 @@ from trio_tables._transport._base import Transport
 from trio_tables._transport._memory import MemoryBroker, get_memory_broker, reset_memory_broker
 
 KAFKA_SETTINGS: dict[str, Any] = {
+    # Real Kafka's minimum (group.min.session.timeout.ms); the embedded broker's URL
+    # carries its own settings, which take precedence.
     "session_timeout_ms": 6000,
     "heartbeat_interval_ms": 1000,
     "connect_timeout": 10,

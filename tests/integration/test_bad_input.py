@@ -23,6 +23,7 @@ import trio
 
 import trio_tables
 from trio_tables import TableManager
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import OutgoingRecord
 from trio_tables.errors import (
     BrokerUnavailable,
@@ -37,7 +38,7 @@ from .workers import committed_offsets, end_offsets
 
 pytestmark = pytest.mark.kafka
 
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 PARTITIONS = 2
 BAD_AT = 5  # offset of the undecodable record in partition 0
 COMPLETE = {"a": 9, "b": 10}  # the count of every good record

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections import Counter
 
 import pytest
@@ -16,6 +17,8 @@ import trio
 
 from trio_tables._cli._demo import demo_words
 from trio_tables._cli._demo_windows import NOT_AVAILABLE
+from trio_tables._embedded import BROKER_SETTINGS
+from trio_tables._transport._url import split_kafka_url
 from trio_tables.cli import EXIT_OK, EXIT_USAGE, main
 from trio_tables.testing import (
     EmbeddedBroker,
@@ -122,7 +125,9 @@ async def _run_word_count(url: str, app: str, topic: str) -> None:
 
 @pytest.fixture(scope="module")
 def word_count_app(kafka_broker: EmbeddedBroker) -> tuple[str, str]:
-    app = f"cli-app-{os.getpid()}-{id(kafka_broker) % 1000}"
+    # Unique per setup: with pytest-xdist a module's fixture may be set up again in one
+    # process (its tests interleaved with other modules'), on the same broker.
+    app = f"cli-app-{uuid.uuid4().hex[:12]}"
     topic = f"{app}-words"
     trio.run(_run_word_count, kafka_broker.url, app, topic)
     return app, kafka_broker.url
@@ -220,8 +225,10 @@ def test_broker_command_prints_its_url_and_stops_on_sigterm() -> None:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()  # blocks until the broker is ready
-        assert url.startswith("kafka://127.0.0.1:")
-        port = int(url.rsplit(":", 1)[1])
+        servers, settings = split_kafka_url(url)
+        assert servers.startswith("127.0.0.1:")
+        assert settings == BROKER_SETTINGS  # what the embedded broker needs, in the URL
+        port = int(servers.rsplit(":", 1)[1])
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -233,3 +240,75 @@ def test_broker_command_prints_its_url_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trio_tables", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], prefix: str) -> list[str]:
+    """The output lines up to the first one starting with ``prefix``."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the command ended without printing {prefix!r}:\n" + "\n".join(lines))
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("presses", [1, 2])
+def test_demo_answers_ctrl_c_in_its_restart_phase(presses: int) -> None:
+    """One Ctrl-C: the workers finish their events, commit and leave; two: at once."""
+    proc = _cli("demo")
+    try:
+        _read_until(proc, "restart  worker-b stops")  # worker-a is taking over now
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:
+            _read_until(proc, "SIGINT: stopping")
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    if presses == 1:
+        assert "SIGINT: stopping; the workers finish their events, commit and leave" in out
+        assert "stop     interrupted: the workers committed and left the group" in out
+    else:
+        assert "SIGINT again: stopping at once" in out
+    assert out.rstrip().endswith("interrupted")
+
+
+def test_inspection_commands_answer_ctrl_c_while_connecting() -> None:
+    """A broker that accepts connections and never answers: ``tables`` is connecting
+    (for up to --connect-timeout) when Ctrl-C arrives."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        proc = _cli("tables", "--app", "a", "--broker", f"kafka://127.0.0.1:{port}",
+                    "--connect-timeout", "300")
+        try:
+            connection, _ = silent.accept()  # the command is connecting now
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, out
+    assert out.splitlines() == ["SIGINT: stopping", "interrupted"]

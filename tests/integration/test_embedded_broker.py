@@ -63,7 +63,10 @@ def test_broker_serves_a_kafka_client(
 ) -> None:
     assert kafka_broker.host == "127.0.0.1"
     assert kafka_broker.bootstrap == f"127.0.0.1:{kafka_broker.port}"
-    assert kafka_broker.url == f"kafka://127.0.0.1:{kafka_broker.port}"
+    assert kafka_broker.url == (
+        f"kafka://127.0.0.1:{kafka_broker.port}"
+        "?session_timeout_ms=4000&heartbeat_interval_ms=1000"
+    )
     topic = unique_name("launcher")
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, request_timeout_ms=10_000)
     try:

@@ -25,6 +25,7 @@ import trio
 import trio_tables
 from trio_tables import TP, TableManager
 from trio_tables._transport._base import IsolationLevel, OutgoingRecord
+from trio_tables._transport._url import split_kafka_url
 from trio_tables.errors import TransactionAborted, WorkerFenced
 
 from .workers import (
@@ -39,6 +40,8 @@ from .workers import (
 pytestmark = pytest.mark.kafka
 
 SETTINGS: dict[str, Any] = {
+    # Real Kafka's minimum (group.min.session.timeout.ms); the embedded broker's URL
+    # carries its own settings, which take precedence.
     "session_timeout_ms": 6000,
     "heartbeat_interval_ms": 1000,
     "end_transaction_timeout": 5.0,
@@ -56,7 +59,7 @@ class _Broker:
 
     @property
     def bootstrap(self) -> str:
-        return self.url.removeprefix("kafka://")
+        return split_kafka_url(self.url)[0]
 
 
 @pytest.fixture

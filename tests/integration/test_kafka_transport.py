@@ -19,15 +19,16 @@ from kafka import KafkaConsumer
 from kafka.future import Future as KafkaFuture
 
 from trio_tables import open_transport
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import TP, OutgoingRecord, Transport
+from trio_tables._transport._kafka import KafkaTransport
 from trio_tables._transport._kafka_bridge import resolve_on_io_loop
 from trio_tables.errors import BrokerUnavailable, UnknownTopic
 
 pytestmark = pytest.mark.kafka
 
 TEST_SETTINGS: dict[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 1000,
+    **BROKER_SETTINGS,
     "connect_timeout": 10,
 }
 
@@ -170,3 +171,15 @@ async def test_a_join_finished_between_polls_is_completed_not_repeated(
     joins = [r for r in caplog.records if r.getMessage().startswith("Successfully joined group")]
     assert len(joins) == 1, [r.getMessage() for r in joins]
     assert listener.events[0] == ("assigned", frozenset({TP(topic, 0), TP(topic, 1)}))
+
+
+async def test_settings_in_the_url_reach_the_transport_and_win_over_options(
+    kafka_broker: Any,
+) -> None:
+    url = f"kafka://{kafka_broker.bootstrap}?session_timeout_ms=5000&client_id=from-url"
+    async with open_transport(url, session_timeout_ms=45_000, heartbeat_interval_ms=700) as t:
+        assert isinstance(t, KafkaTransport)
+        assert t.settings.session_timeout_ms == 5000  # the URL wins
+        assert t.settings.client_id == "from-url"
+        assert t.settings.heartbeat_interval_ms == 700  # not in the URL: the option
+        assert t.url == f"kafka://{kafka_broker.bootstrap}"

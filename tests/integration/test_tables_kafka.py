@@ -12,12 +12,13 @@ import pytest
 
 import trio_tables
 from trio_tables import TableManager
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import OutgoingRecord
 from trio_tables.errors import PartitionCountMismatch, TableWriteOutsideStream
 
 pytestmark = pytest.mark.kafka
 
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 
 
 async def _topic(url: str, name: str, partitions: int, words: list[str] | None = None) -> None:

@@ -14,11 +14,12 @@ import trio
 
 import trio_tables
 from trio_tables import TableManager
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import OutgoingRecord
 
 pytestmark = pytest.mark.kafka
 
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 PARTITIONS = 4
 SIZE, EXPIRES = 10_000, 30_000  # ms
 BASE = (int(time.time() * 1000) - 3_600_000) // SIZE * SIZE  # an hour ago, on a window edge

@@ -18,10 +18,11 @@ import trio
 from kafka import KafkaConsumer, TopicPartition
 
 from trio_tables import open_transport
+from trio_tables._embedded import BROKER_SETTINGS
 from trio_tables._transport._base import TP, OutgoingRecord
 
 APP = Path(__file__).parent / "apps" / "counter_app.py"
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 
 
 STARTED: list[Worker] = []
@@ -59,13 +60,15 @@ class Worker:
         worker_id: str | None = None,
         transport_options: dict[str, Any] | None = None,
         commit_interval: float | None = None,
+        handle_signals: bool = False,
+        broker_url: str | None = None,
     ) -> None:
         self.name = name
         self.dump_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.command = [
             sys.executable, str(APP),
-            "--broker", broker.url, "--app", app, "--topic", topic,
+            "--broker", broker_url or broker.url, "--app", app, "--topic", topic,
             "--store", store, "--dump", str(self.dump_path),
         ]
         if kill_point:
@@ -78,6 +81,8 @@ class Worker:
             self.command += ["--worker-id", worker_id]
         if commit_interval is not None:
             self.command += ["--commit-interval", str(commit_interval)]
+        if handle_signals:
+            self.command += ["--handle-signals"]
         for option, value in (transport_options or {}).items():
             self.command += ["--transport-option", f"{option}={json.dumps(value)}"]
         self.lines: list[str] = []

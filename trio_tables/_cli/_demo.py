@@ -13,6 +13,10 @@ The story, printed as it happens:
    restores them (progress bars);
 5. print the tables, and check that the counts on both workers add up to exactly the
    words produced.
+
+Ctrl-C (or SIGTERM) answers at once: the workers (``handle_signals=True``) finish their
+events, commit and leave the group while the rest of the story is cancelled; a second
+Ctrl-C stops everything at once. Exit code 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .._testing import produce, wait_until_committed
 from .._transport import open_transport
 from .._transport._base import Transport
 from ._bars import RecoveryBars, recovery_bars
-from ._common import EXIT_FAILURE, EXIT_OK, transport_options
+from ._common import EXIT_FAILURE, EXIT_OK, current_interrupts, transport_options
 from ._demo_windows import (
     NOT_AVAILABLE,
     WINDOW,
@@ -133,12 +137,16 @@ class Worker:
     counts: Table | None = None
     hits: WindowedHits | None = None
     processed: int = 0
-    stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def active(self) -> frozenset[int]:
         return frozenset() if self.manager is None else self.manager.active_partitions
+
+    def stop(self) -> None:
+        """Ask the worker to finish its event, commit and leave the group."""
+        if self.manager is not None:
+            self.manager.request_stop()
 
 
 @attrs.define
@@ -152,8 +160,8 @@ class Demo:
     async def run_worker(
         self, worker: Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """The worker's whole life: start, count words until ``worker.stop``, leave the
-        group (which commits), stop."""
+        """The worker's whole life: start, count words until it is asked to stop
+        (:meth:`Worker.stop`, or a signal), leave the group (which commits), stop."""
         try:
             async with TableManager(
                 self.app,
@@ -161,6 +169,7 @@ class Demo:
                 store="memory://",
                 commit_interval=0.5,
                 transport_options=self.options,
+                handle_signals=True,
             ) as manager:
                 worker.manager = manager
                 worker.counts = counts = manager.Table(
@@ -172,18 +181,11 @@ class Demo:
                         worker.bars.watch(worker.name, table)
                 async with manager.stream(self.topic, key_type=str) as events:
                     task_status.started()
-                    async with trio.open_nursery() as nursery:
-
-                        async def count_words() -> None:
-                            async for event in events:
-                                counts[event.key] += 1
-                                if hits is not None:
-                                    hits.count(event.key, event.offset)
-                                worker.processed += 1
-
-                        nursery.start_soon(count_words)
-                        await worker.stop.wait()
-                        nursery.cancel_scope.cancel()
+                    async for event in events:
+                        counts[event.key] += 1
+                        if hits is not None:
+                            hits.count(event.key, event.offset)
+                        worker.processed += 1
         finally:
             worker.stopped.set()
 
@@ -250,43 +252,57 @@ async def _story(
         f"[bold]produce[/]  {len(first):,} word events (keyed by word, {PARTITIONS} partitions)"
     )
 
+    code = EXIT_FAILURE
+    interrupts = current_interrupts.get()
     async with trio.open_nursery() as nursery:
-        a, b = Worker("worker-a"), Worker("worker-b")
-        await nursery.start(demo.run_worker, a)
-        await nursery.start(demo.run_worker, b)
-        out.print("[bold]start[/]    worker-a and worker-b (one TableManager each, same app)")
-        await demo.settled([a, b])
-        demo.show_assignment([a, b])
-        out.print(f"[bold]count[/]    {_processed(len(first), [a, b])}")
-
-        taken = b.active
-        out.print(
-            f"[bold]restart[/]  worker-b stops; worker-a takes over partitions "
-            f"{_numbers(taken)} and restores them from the changelog"
-        )
-        async with recovery_bars(out) as bars:
-            for table in a.manager.tables.values() if a.manager else ():
-                bars.watch(a.name, table)
-            b.stop.set()
-            await b.stopped.wait()
-            await demo.settled([a])
-        await _produce(demo, second, start + int(WINDOW * 1000))
-        out.print(f"[bold]produce[/]  {len(second):,} more word events")
-
-        out.print("[bold]restart[/]  worker-b starts again with an empty store")
-        first_b = b
-        async with recovery_bars(out) as bars:
-            b = Worker("worker-b", bars=bars)
+        with trio.CancelScope() as story:
+            if interrupts is not None:
+                # A first Ctrl-C/SIGTERM cancels the story; the workers get the signal
+                # too and stop by themselves (they finish their events, commit, leave).
+                interrupts.graceful = story.cancel
+            a, b = Worker("worker-a"), Worker("worker-b")
+            await nursery.start(demo.run_worker, a)
             await nursery.start(demo.run_worker, b)
+            out.print("[bold]start[/]    worker-a and worker-b (one TableManager each, same app)")
             await demo.settled([a, b])
-        demo.show_assignment([a, b])
-        out.print(f"[bold]count[/]    {_processed(len(words), [a, first_b, b])}")
-        out.print(f"           worker-b restored {_restored(b)} changelog records")
+            demo.show_assignment([a, b])
+            out.print(f"[bold]count[/]    {_processed(len(first), [a, b])}")
 
-        code = _print_tables(out, [a, first_b, b], Counter(words), _expected_hits(first, second))
-        a.stop.set()
-        b.stop.set()
-    out.print("[bold]stop[/]     both workers left the group; the changelog topics keep the tables")
+            taken = b.active
+            out.print(
+                f"[bold]restart[/]  worker-b stops; worker-a takes over partitions "
+                f"{_numbers(taken)} and restores them from the changelog"
+            )
+            async with recovery_bars(out) as bars:
+                for table in a.manager.tables.values() if a.manager else ():
+                    bars.watch(a.name, table)
+                b.stop()
+                await b.stopped.wait()
+                await demo.settled([a])
+            await _produce(demo, second, start + int(WINDOW * 1000))
+            out.print(f"[bold]produce[/]  {len(second):,} more word events")
+
+            out.print("[bold]restart[/]  worker-b starts again with an empty store")
+            first_b = b
+            async with recovery_bars(out) as bars:
+                b = Worker("worker-b", bars=bars)
+                await nursery.start(demo.run_worker, b)
+                await demo.settled([a, b])
+            demo.show_assignment([a, b])
+            out.print(f"[bold]count[/]    {_processed(len(words), [a, first_b, b])}")
+            out.print(f"           worker-b restored {_restored(b)} changelog records")
+
+            code = _print_tables(
+                out, [a, first_b, b], Counter(words), _expected_hits(first, second)
+            )
+            a.stop()
+            b.stop()
+    if story.cancelled_caught:
+        out.print("[bold]stop[/]     interrupted: the workers committed and left the group")
+    else:
+        out.print(
+            "[bold]stop[/]     both workers left the group; the changelog topics keep the tables"
+        )
     return code
 
 

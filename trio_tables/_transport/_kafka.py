@@ -9,6 +9,7 @@ how long a cancellation waits for the worker thread.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -143,13 +144,39 @@ class KafkaTransport:
         return f"kafka://{self.settings.bootstrap_servers}"
 
     async def _connect(self, make: Any, config: dict[str, Any]) -> Any:
-        """Create a kafka-python client in a worker thread; typed error if unreachable."""
+        """Create a kafka-python client in a worker thread; typed error if unreachable.
+
+        Cancellation returns at once (a client being created has no other caller, so
+        the thread may be abandoned, unlike calls on a client): the client the thread
+        still creates is closed, by whichever side sees it last (its connections would
+        keep the broker waiting, e.g. a broker stopping)."""
+        lock = threading.Lock()
+        made: list[Any] = []
+        abandoned = False
+
+        def create() -> Any:
+            client = make(**config)
+            with lock:
+                made.append(client)
+                if not abandoned:
+                    return client
+            client.close()
+            return None
+
         try:
-            return await trio.to_thread.run_sync(lambda: make(**config))
+            return await trio.to_thread.run_sync(create, abandon_on_cancel=True)
         except (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError) as exc:
             raise BrokerUnavailable(
                 self.settings.bootstrap_servers, self.settings.connect_timeout, str(exc)
             ) from exc
+        except BaseException:
+            with lock:
+                abandoned = True
+                client = made[0] if made else None
+            if client is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(client.close)
+            raise
 
     # -- Admin -----------------------------------------------------------------------------
     async def create_topic(

@@ -3,8 +3,10 @@
 It counts the keys of ``--topic`` into the table ``counts``. Lines on stdout tell the
 test what happens (``ASSIGNED``, ``ACTIVE``, ``KILLPOINT <name>``). SIGTERM stops it
 cleanly: it writes its table (the partitions it holds) to ``--dump`` as JSON and leaves
-the group. ``--kill-point`` makes it stop dead (sleep forever) at a chosen place so that
-the test can ``kill -9`` it exactly there:
+the group. With ``--handle-signals`` the manager handles SIGTERM/SIGINT itself
+(``TableManager(handle_signals=True)``): the stream loop ends on its own, then the
+same. ``--kill-point`` makes it stop dead (sleep forever) at a chosen place so that the
+test can ``kill -9`` it exactly there:
 
 * ``after-persist``: the second commit cycle persisted the stores, its offsets are not
   committed;
@@ -40,10 +42,10 @@ import trio
 
 import trio_tables
 from trio_tables import TP
+from trio_tables._embedded import BROKER_SETTINGS
 
 TEST_SETTINGS: dict[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 1000,
+    **BROKER_SETTINGS,
     "connect_timeout": 10,
 }
 
@@ -124,6 +126,7 @@ async def main(args: argparse.Namespace) -> None:
         transport_options={**TEST_SETTINGS, **dict(args.transport_option)},
         processing_guarantee=args.guarantee,
         worker_id=args.worker_id,
+        handle_signals=args.handle_signals,
     )
     manager.kill_point = args.kill_point
     restored = 0
@@ -155,7 +158,8 @@ async def main(args: argparse.Namespace) -> None:
                         stop.set()
                         return
 
-            nursery.start_soon(watch_signals)
+            if not args.handle_signals:
+                nursery.start_soon(watch_signals)
             async with manager.stream(args.topic, key_type=str) as events:
 
                 async def report() -> None:
@@ -173,6 +177,7 @@ async def main(args: argparse.Namespace) -> None:
                     async for event in events:
                         counts[event.key] += 1
                         trace("processed", event.partition, event.offset, event.key)
+                    stop.set()  # the manager ended the stream (handle_signals)
 
                 async with trio.open_nursery() as processing:
                     processing.start_soon(process)
@@ -206,6 +211,7 @@ if __name__ == "__main__":
     parser.add_argument("--standby-replicas", type=int, default=0)
     parser.add_argument("--guarantee", default="at_least_once")
     parser.add_argument("--worker-id", default=None)
+    parser.add_argument("--handle-signals", action="store_true")
     parser.add_argument(
         "--transport-option",
         type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),

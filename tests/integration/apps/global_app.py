@@ -17,8 +17,9 @@ import trio
 
 import trio_tables
 from trio_tables import TP
+from trio_tables._embedded import BROKER_SETTINGS
 
-SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+SETTINGS: dict[str, Any] = {**BROKER_SETTINGS}
 
 
 async def main(args: argparse.Namespace) -> None:

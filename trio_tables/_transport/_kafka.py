@@ -476,10 +476,7 @@ class KafkaTransport:
         )
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._admin_owner.closed:
-                await self._admin_owner.run(self._admin.close)
-                self._admin_owner.closed = True
+        await self._admin_owner.close(self._admin.close)
 
 
 @asynccontextmanager

@@ -128,10 +128,8 @@ class HighWatermarkProbe:
         )
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._owner.closed:
-                await self._owner.run(self._consumer.close)
-                self._owner.closed = True
+        """Close the probe's client (shielded from cancellation)."""
+        await self._owner.close(self._consumer.close)
 
 
 class _KafkaFetching:
@@ -237,10 +235,9 @@ class _KafkaFetching:
         return frozenset(self._paused)
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._owner.closed:
-                await self._owner.run(self._close_client)
-                self._owner.closed = True
+        """Close the client (shielded from cancellation); later calls raise
+        :class:`~trio_tables.errors.TransportClosed`."""
+        await self._owner.close(self._close_client)
 
     def _close_client(self) -> None:
         self._consumer.close(autocommit=False)

@@ -253,12 +253,9 @@ class KafkaTransportProducer:
             if flush and not self._owner.closed:
                 await self.flush()
         finally:
-            with trio.CancelScope(shield=True):
-                if not self._owner.closed:
-                    # A transaction stuck in its end would keep the sender retrying.
-                    timeout = 0.0 if self._broken else None
-                    await self._owner.run(partial(self._producer.close, timeout=timeout))
-                    self._owner.closed = True
+            # A transaction stuck in its end would keep the sender retrying.
+            timeout = 0.0 if self._broken else None
+            await self._owner.close(partial(self._producer.close, timeout=timeout))
 
 
 def new_kafka_producer(config: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -21,6 +21,7 @@ from kafka.future import Future as KafkaFuture
 from trio_tables import open_transport
 from trio_tables._transport._base import TP, OutgoingRecord, Transport
 from trio_tables._transport._kafka_bridge import resolve_on_io_loop
+from trio_tables._transport._kafka_producer import KafkaTransportProducer
 from trio_tables.errors import BrokerUnavailable, UnknownTopic
 
 pytestmark = pytest.mark.kafka
@@ -144,6 +145,40 @@ async def test_cancelled_calls_leave_clients_usable(kafka: Transport) -> None:
             assert seen[tp] == sorted(set(seen[tp])), "a record came twice"
             assert len(seen[tp]) == ends[tp], "a record was lost"
 
+
+async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_flight(
+    kafka: Transport,
+) -> None:
+    """Cancelled while waiting for its turn on the client (another call holds it): the
+    batch was never handed over, so it is not counted in flight and ``flush()`` does not
+    wait for it (it waited for ever before)."""
+    topic = _unique("busy")
+    await kafka.create_topic(topic, 1)
+    async with kafka.open_producer() as producer:
+        await producer.send(topic, b"first")  # the topic is now known
+        await producer.flush()
+        limiter = cast(KafkaTransportProducer, producer)._owner.limiter
+        async with trio.open_nursery() as nursery, limiter:  # the client is busy
+            scope = trio.CancelScope()
+            returned: list[object] = []
+
+            async def send() -> None:
+                with scope:
+                    returned.append(await producer.send_batch([OutgoingRecord(topic, b"x")]))
+
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            assert limiter.statistics().tasks_waiting == 1  # send waits for its turn
+            scope.cancel()
+        # The client is free again; send() left with Cancelled, nothing handed over.
+        assert scope.cancelled_caught
+        assert not returned
+        assert producer.in_flight == 0
+        with trio.fail_after(60):  # a hang guard: a wedged producer waits here for ever
+            await producer.flush()
+        again = await producer.send(topic, b"second")
+        await producer.flush()
+    assert (await again.wait()).offset == 1  # "x" never reached the topic
 
 
 async def test_a_join_finished_between_polls_is_completed_not_repeated(

@@ -118,10 +118,12 @@ class KafkaTransportProducer:
             await self._room.park()
 
     def _hand_over(self, deliveries: list[Delivery]) -> None:
-        """Runs in the worker thread: give every record to kafka-python."""
+        """(Worker thread) Give every record to kafka-python. Never raises: each record
+        ends up with exactly one outcome through :meth:`_AckQueue.on_done` (an ack, or the
+        error that stopped it), so every record counted in flight is settled once."""
         send = self._producer.send
         on_done = self._acks.on_done
-        for delivery in deliveries:
+        for index, delivery in enumerate(deliveries):
             record = delivery.record
             try:
                 future = send(
@@ -134,6 +136,10 @@ class KafkaTransportProducer:
                 )
             except Exception as exc:  # e.g. unknown topic, bad partition, buffer timeout
                 on_done(delivery, exc)
+            except BaseException as exc:  # e.g. MemoryError: fail the rest of the batch
+                for rest in deliveries[index:]:
+                    on_done(rest, exc)
+                return
             else:
                 future.add_both(on_done, delivery)
 
@@ -152,6 +158,16 @@ class KafkaTransportProducer:
         return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        """Hand ``records`` to kafka-python (one thread hop) and return their deliveries.
+
+        Cancellation: if this raises :class:`trio.Cancelled`, none of ``records`` was
+        handed over (the cancellation came while checking a new topic, waiting for room,
+        or before the worker thread started): nothing of the batch is sent, nothing is
+        counted in flight, and the caller sends the batch again if it still wants it.
+        Once the worker thread started, the call returns the deliveries even if it was
+        cancelled meanwhile (the cancellation then arrives at the caller's next
+        checkpoint): those records are in flight, and :meth:`flush` waits for them.
+        """
         # kafka-python would block for max_block_ms on a topic that does not exist (we never
         # rely on auto-creation): check each topic once, raising UnknownTopic at once.
         for topic in {record.topic for record in records} - self._known_topics:
@@ -165,13 +181,24 @@ class KafkaTransportProducer:
         self._in_flight += len(deliveries)
         try:
             await self._owner.run(self._hand_over, deliveries)
-        except trio.Cancelled:
-            # The thread finished the hand-over before Cancelled was raised: the records
-            # are in flight and flush() accounts for them.
+        except BaseException:
+            # ClientOwner.run raises only when the worker thread never ran _hand_over
+            # (cancelled at its entry or waiting for the client, or the client is
+            # closed), and _hand_over itself never raises: no record of this batch was
+            # handed over, and none will ever be acknowledged.
+            self._in_flight -= len(deliveries)
+            self._room.unpark_all()
             raise
         return deliveries
 
     async def flush(self) -> None:
+        """Wait until every record handed over so far is settled; raise
+        :class:`~trio_tables.errors.DeliveryFailed` for the first one that failed since
+        the last flush.
+
+        Cancellation: the records stay in flight (nothing is lost or taken back); a
+        later ``flush()`` waits for them and reports their failures.
+        """
         await self._owner.run(self._producer.flush)
         while self._in_flight:
             await self._room.park()

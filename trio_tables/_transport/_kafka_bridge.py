@@ -15,6 +15,12 @@ reachable through private attributes: :func:`resolve_on_io_loop`,
 :func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records` and the group
 join fix :func:`keep_finished_join` are the only places that touch them (contract and
 integration tests pin the behaviour).
+
+Threads: a client is called only from the worker thread of its :class:`ClientOwner`
+(one call at a time, holding the owner's limiter), or by kafka-python itself on its IO
+thread; the Trio thread reaches the IO loop only through its thread-safe
+``call_soon_threadsafe`` (:func:`resolve_on_io_loop`), and the IO thread reaches Trio
+only through ``TrioToken.run_sync_soon``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Records are handed to kafka-python in batches (one thread hop per batch). Acknowledgements
 arrive on kafka-python's sender thread; they are collected under a lock and delivered to
 Trio with one ``run_sync_soon`` per burst, not one per record.
+
+Threads: the Trio thread owns the accounting (``_in_flight``, ``_first_error``, the
+deliveries' outcomes); the client's worker thread hands records over (``_hand_over``)
+and runs every other client call; kafka-python's sender thread (or the worker thread,
+for a record refused at once) reports outcomes into :class:`_AckQueue`, whose
+``_pending``/``_scheduled`` are guarded by its lock and drained on the Trio thread.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class _AckQueue:
     def __init__(self, producer: KafkaTransportProducer) -> None:
         self._producer = producer
         self._token = trio.lowlevel.current_trio_token()
+        # Guards _pending and _scheduled: written by the sender/worker threads
+        # (on_done) and the Trio thread (_drain).
         self._lock = threading.Lock()
         self._pending: list[tuple[Delivery, Any, BaseException | None]] = []
         self._scheduled = False
@@ -93,6 +101,7 @@ class KafkaTransportProducer:
         self._producer = producer
         self._max_in_flight = max_in_flight
         self._transactional = transactional
+        # Trio thread only: counted at the hand-over, settled by _AckQueue._drain.
         self._in_flight = 0
         self._room = trio.lowlevel.ParkingLot()
         self._acks = _AckQueue(self)

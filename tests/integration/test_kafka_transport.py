@@ -19,7 +19,13 @@ from kafka import KafkaConsumer
 from kafka.future import Future as KafkaFuture
 
 from trio_tables import open_transport
-from trio_tables._transport._base import TP, OutgoingRecord, Transport
+from trio_tables._transport._base import (
+    TP,
+    GroupConsumer,
+    GroupMetadata,
+    OutgoingRecord,
+    Transport,
+)
 from trio_tables._transport._kafka_bridge import resolve_on_io_loop
 from trio_tables._transport._kafka_producer import KafkaTransportProducer
 from trio_tables.errors import BrokerUnavailable, UnknownTopic
@@ -179,6 +185,55 @@ async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_f
         again = await producer.send(topic, b"second")
         await producer.flush()
     assert (await again.wait()).offset == 1  # "x" never reached the topic
+
+
+async def test_group_metadata_in_the_revocation_listener_is_the_revoked_generation(
+    kafka: Transport,
+) -> None:
+    """An exactly-once revocation commit needs the group metadata inside the listener,
+    while the ``poll()`` running the listener holds the client: ``group_metadata()``
+    answers from the snapshot taken for that rebalance (the generation being revoked),
+    never by waiting for the client."""
+    from tests.contract._helpers import RecordingListener, poll_until, wait_for_assignment
+
+    topic = _unique("meta")
+    await kafka.create_topic(topic, 2)
+    everything = {TP(topic, 0), TP(topic, 1)}
+    group = _unique("g")
+    consumers: list[GroupConsumer] = []
+    in_revocation: list[GroupMetadata] = []
+
+    class Listener(RecordingListener):
+        async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
+            with trio.fail_after(60):  # a hang guard: waiting for the client deadlocks
+                in_revocation.append(await consumers[0].group_metadata())
+            return await super().on_partitions_revoked(revoked)
+
+    async with kafka.open_group_consumer(group, [topic], listener=Listener()) as first:
+        consumers.append(first)
+        await wait_for_assignment(first, everything)
+        joined = await first.group_metadata()
+        stop = trio.Event()
+
+        async def second_member() -> None:
+            async with kafka.open_group_consumer(
+                group, [topic], listener=RecordingListener()
+            ) as second:
+                while not stop.is_set():
+                    await second.poll(timeout=0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second_member)
+            await poll_until(first, lambda _: len(first.assignment()) == 1)
+            shared = await first.group_metadata()
+            stop.set()
+    assert in_revocation, "the rebalance revoked nothing"
+    revoked_under = in_revocation[0]
+    assert (revoked_under.generation_id, revoked_under.member_id) == (
+        joined.generation_id,
+        joined.member_id,
+    )
+    assert shared.generation_id > joined.generation_id
 
 
 async def test_a_join_finished_between_polls_is_completed_not_repeated(

@@ -165,7 +165,9 @@ class _KafkaFetching:
     async def poll(
         self, *, timeout: float = 0.2, max_records: int | None = None
     ) -> Mapping[TP, Sequence[Record]]:
-        box: list[Batch] = []
+        """Cancellation, or an error of the rebalance listener raised here: the records
+        fetched are handed back (the consumer rewinds to them), so none is lost."""
+        box: list[Batch] = []  # filled by the worker thread, read after its hop returned
 
         def work() -> None:
             box.append(self._fetch_batch(timeout, max_records))
@@ -178,11 +180,11 @@ class _KafkaFetching:
             # records handed back, rather than at the caller's next checkpoint with the
             # records in the caller's hands.
             await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.Cancelled:
+            self._after_poll()
+        except BaseException:
             if box and box[0]:
                 await self._hand_back(box[0])
             raise
-        self._after_poll()
         return box[0]
 
     def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
@@ -213,8 +215,9 @@ class _KafkaFetching:
                     self._consumer.seek(to_kafka_tp(tp), records[0].offset)
 
     async def _hand_back(self, batch: Batch) -> None:
-        """Rewind to the first record of a batch that the caller never received."""
-        with trio.CancelScope(shield=True):
+        """Rewind to the first record of a batch that the caller never received (a
+        closed client has nothing to rewind)."""
+        with trio.CancelScope(shield=True), contextlib.suppress(TransportClosed):
             await self._owner.run(self._rewind, batch)
 
     async def seek(self, tp: TP, offset: int) -> None:

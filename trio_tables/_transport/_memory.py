@@ -15,6 +15,9 @@ members is cancellable and simply resumes at the next ``poll()``.
 
 Acknowledgements are immediate: a record is in the log when ``send`` returns and its
 :class:`~._base.Delivery` is already settled, so ``in_flight`` is always 0.
+
+Threads: none. Every object of the in-process broker (here, :mod:`._memory_broker`,
+:mod:`._memory_consumer`, :mod:`._memory_group`) belongs to the Trio thread.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
@@ -27,10 +27,16 @@ from ..errors import CommitFailed
 from ._assignment import withhold_moving_partitions
 from ._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
 
-if TYPE_CHECKING:
-    from ._memory_broker import MemoryBroker
-
 __all__ = ["Member", "MemoryGroup"]
+
+
+class _Broker(Protocol):
+    """What a group needs of its :class:`~._memory_broker.MemoryBroker` (which creates
+    the groups: naming the class here would make the two modules import each other)."""
+
+    def notify(self) -> None: ...
+
+    def partition_count(self, name: str) -> int: ...
 
 
 @attrs.define(eq=False)
@@ -57,9 +63,10 @@ def _current_run() -> object:
 
 
 class MemoryGroup:
-    """The coordinator of one consumer group in a :class:`MemoryBroker`."""
+    """The coordinator of one consumer group in a
+    :class:`~._memory_broker.MemoryBroker`."""
 
-    def __init__(self, group_id: str, broker: MemoryBroker) -> None:
+    def __init__(self, group_id: str, broker: _Broker) -> None:
         self.group_id = group_id
         self._broker = broker
         self.generation = 0

@@ -303,6 +303,35 @@ async def test_cancelled_group_poll_loses_nothing(transport: Transport, names: N
     assert len(seen) == len(set(seen))
 
 
+async def test_listener_error_raised_by_poll_loses_no_records(
+    transport: Transport, names: Names
+) -> None:
+    """``poll()`` raises what the listener raised; records fetched in that poll are handed
+    back, so a caller that goes on polling still gets every record once."""
+    topic = await names.topic(2)
+    await _produce(transport, topic, 2, 40, "e")
+
+    class Failing(RecordingListener):
+        async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+            await super().on_partitions_assigned(assigned)
+            if len(self.events) == 1:
+                raise RuntimeError("listener failed")
+
+    group = names.group()
+    async with transport.open_group_consumer(group, [topic], listener=Failing()) as consumer:
+        seen: list[tuple[int, int]] = []
+
+        async def poll_until_it_fails() -> None:
+            while True:
+                batch = await consumer.poll(timeout=0.5)
+                seen.extend((r.partition, r.offset) for r in flatten(batch))
+
+        with trio.fail_after(HANG_GUARD), pytest.raises(RuntimeError, match="listener failed"):
+            await poll_until_it_fails()
+        seen.extend((r.partition, r.offset) for r in await poll_count(consumer, 40 - len(seen)))
+    assert sorted(seen) == [(p, o) for p in (0, 1) for o in range(20)]
+
+
 async def test_reassigned_partition_resumes_from_the_group_commit(
     transport: Transport, names: Names
 ) -> None:

@@ -10,7 +10,7 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -20,9 +20,16 @@ from kafka.future import Future as KafkaFuture
 
 from trio_tables import open_transport
 from trio_tables._embedded import BROKER_SETTINGS
-from trio_tables._transport._base import TP, OutgoingRecord, Transport
+from trio_tables._transport._base import (
+    TP,
+    GroupConsumer,
+    GroupMetadata,
+    OutgoingRecord,
+    Transport,
+)
 from trio_tables._transport._kafka import KafkaTransport
 from trio_tables._transport._kafka_bridge import resolve_on_io_loop
+from trio_tables._transport._kafka_producer import KafkaTransportProducer
 from trio_tables.errors import BrokerUnavailable, UnknownTopic
 
 pytestmark = pytest.mark.kafka
@@ -145,6 +152,89 @@ async def test_cancelled_calls_leave_clients_usable(kafka: Transport) -> None:
             assert seen[tp] == sorted(set(seen[tp])), "a record came twice"
             assert len(seen[tp]) == ends[tp], "a record was lost"
 
+
+async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_flight(
+    kafka: Transport,
+) -> None:
+    """Cancelled while waiting for its turn on the client (another call holds it): the
+    batch was never handed over, so it is not counted in flight and ``flush()`` does not
+    wait for it (it waited for ever before)."""
+    topic = _unique("busy")
+    await kafka.create_topic(topic, 1)
+    async with kafka.open_producer() as producer:
+        await producer.send(topic, b"first")  # the topic is now known
+        await producer.flush()
+        limiter = cast(KafkaTransportProducer, producer)._owner.limiter
+        async with trio.open_nursery() as nursery, limiter:  # the client is busy
+            scope = trio.CancelScope()
+            returned: list[object] = []
+
+            async def send() -> None:
+                with scope:
+                    returned.append(await producer.send_batch([OutgoingRecord(topic, b"x")]))
+
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            assert limiter.statistics().tasks_waiting == 1  # send waits for its turn
+            scope.cancel()
+        # The client is free again; send() left with Cancelled, nothing handed over.
+        assert scope.cancelled_caught
+        assert not returned
+        assert producer.in_flight == 0
+        with trio.fail_after(60):  # a hang guard: a wedged producer waits here for ever
+            await producer.flush()
+        again = await producer.send(topic, b"second")
+        await producer.flush()
+    assert (await again.wait()).offset == 1  # "x" never reached the topic
+
+
+async def test_group_metadata_in_the_revocation_listener_is_the_revoked_generation(
+    kafka: Transport,
+) -> None:
+    """An exactly-once revocation commit needs the group metadata inside the listener,
+    while the ``poll()`` running the listener holds the client: ``group_metadata()``
+    answers from the snapshot taken for that rebalance (the generation being revoked),
+    never by waiting for the client."""
+    from tests.contract._helpers import RecordingListener, poll_until, wait_for_assignment
+
+    topic = _unique("meta")
+    await kafka.create_topic(topic, 2)
+    everything = {TP(topic, 0), TP(topic, 1)}
+    group = _unique("g")
+    consumers: list[GroupConsumer] = []
+    in_revocation: list[GroupMetadata] = []
+
+    class Listener(RecordingListener):
+        async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int] | None:
+            with trio.fail_after(60):  # a hang guard: waiting for the client deadlocks
+                in_revocation.append(await consumers[0].group_metadata())
+            return await super().on_partitions_revoked(revoked)
+
+    async with kafka.open_group_consumer(group, [topic], listener=Listener()) as first:
+        consumers.append(first)
+        await wait_for_assignment(first, everything)
+        joined = await first.group_metadata()
+        stop = trio.Event()
+
+        async def second_member() -> None:
+            async with kafka.open_group_consumer(
+                group, [topic], listener=RecordingListener()
+            ) as second:
+                while not stop.is_set():
+                    await second.poll(timeout=0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second_member)
+            await poll_until(first, lambda _: len(first.assignment()) == 1)
+            shared = await first.group_metadata()
+            stop.set()
+    assert in_revocation, "the rebalance revoked nothing"
+    revoked_under = in_revocation[0]
+    assert (revoked_under.generation_id, revoked_under.member_id) == (
+        joined.generation_id,
+        joined.member_id,
+    )
+    assert shared.generation_id > joined.generation_id
 
 
 async def test_a_join_finished_between_polls_is_completed_not_repeated(

@@ -258,6 +258,42 @@ def check_trace(path: Path) -> dict[int, set[int]]:
     return processed
 
 
+def current_assignment(path: Path) -> tuple[int, frozenset[int], bool] | None:
+    """From a worker's event log: the generation and partitions of its current
+    assignment, and whether it recovered them all; ``None`` while it holds none."""
+    current: tuple[int, frozenset[int]] | None = None
+    recovered: set[int] = set()
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        try:
+            if kind == "assigned":
+                generation, partitions = rest.split(" ", 1)
+                current = (int(generation), frozenset(json.loads(partitions)))
+                recovered = set()
+            elif kind == "revoked":
+                current = None
+            elif kind == "recovered":
+                recovered.add(int(rest.split()[1]))
+        except ValueError:  # the last line may be half written
+            continue
+    if current is None:
+        return None
+    return current[0], current[1], current[1] <= recovered
+
+
+def group_settled(workers: Sequence[Worker], partitions: int) -> bool:
+    """Whether ``workers`` (every live member) share one generation, hold every
+    partition between them and recovered what they hold: no rebalance in progress, as
+    far as their event logs tell."""
+    states = [current_assignment(Path(f"{w.dump_path}.trace")) for w in workers]
+    if not states or any(state is None or not state[2] for state in states):
+        return False
+    generations = {state[0] for state in states if state is not None}
+    held = [p for state in states if state is not None for p in state[1]]
+    return len(generations) == 1 and sorted(held) == list(range(partitions))
+
+
 def assert_every_offset_processed(
     traces: Sequence[dict[int, set[int]]], ends: dict[int, int]
 ) -> None:

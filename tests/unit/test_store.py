@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,3 +137,59 @@ def test_get_sees_every_write_and_reset_after_earlier_reads(make_store: StoreFac
     store.close()
     reopened = make_store()
     assert reopened.get(0, "c") == (4 if store.persistent else MISSING)
+
+
+def test_sqlite_partition_opened_by_two_threads_at_once_is_opened_once(tmp_path: Path) -> None:
+    """A table reads on the Trio thread while its committer writes from a worker thread;
+    both may be the first to open a partition. Exactly one connection thread per
+    partition must exist, and closing the store must end all of them."""
+    from sqlitedict import SqliteMultithread
+
+    directory = tmp_path / "state"
+    store = open_store(
+        f"sqlite://{directory}", name="counts", key_codec=JsonCodec(), value_codec=JsonCodec()
+    )
+    path = str(directory / "counts.sqlite")
+
+    def connections() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if isinstance(t, SqliteMultithread) and t.filename == path and t.is_alive()
+        ]
+
+    threads_per_partition = 4
+    partitions = range(3)
+    start = threading.Barrier(threads_per_partition * len(partitions))
+    errors: list[BaseException] = []
+
+    def open_partition(partition: int, number: int) -> None:
+        start.wait()
+        try:
+            if number % 2:
+                store.write_batch(partition, {f"k{number}": number}, None)
+            else:
+                store.persisted_offset(partition)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    workers = [
+        threading.Thread(target=open_partition, args=(p, n))
+        for p in partitions
+        for n in range(threads_per_partition)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    try:
+        assert errors == []
+        assert len(connections()) == len(partitions)  # one SqliteDict per partition
+        for p in partitions:
+            assert dict(store.items(p)) == {"k1": 1, "k3": 3}
+    finally:
+        store.close()
+    leftover = connections()
+    for thread in leftover:
+        thread.join(timeout=10)  # a closed connection's thread ends
+    assert not [t for t in leftover if t.is_alive()], "a connection was never closed"

@@ -6,6 +6,10 @@ transaction, so after a crash a store is never ahead of (or behind) the offset i
 claims. Stores are synchronous: a persistent store's calls may block on disk and are
 made from a worker thread by the table's committer.
 
+Threads: a *persistent* store is called from the Trio thread (reads) and from worker
+threads (writes, restores, resets) at the same time, and must be safe for that (see
+:mod:`._sqlite`); a non-persistent one is called from the Trio thread only.
+
 Keys and values are Python objects; a persistent store encodes them with the table's
 codecs. ``None`` is never stored as a value: writing ``None`` deletes the key.
 """

@@ -1,4 +1,8 @@
-"""``memory://``: a store in this process's memory."""
+"""``memory://``: a store in this process's memory.
+
+Threads: the Trio thread only (tables call a non-persistent store inline, never from a
+worker thread), so its dicts need no lock.
+"""
 
 from __future__ import annotations
 

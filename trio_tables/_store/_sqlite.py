@@ -13,12 +13,21 @@ error surfaces there, and the batch counts as written only if that commit return
 Trio thread) does not queue behind those writes on sqlitedict's thread: it reads with a
 connection of its own, which in WAL mode sees every committed write and never waits for
 the writer (a few microseconds, not a thread hop of ~30 us to milliseconds).
+
+Threads: a store is used from the Trio thread (reads) and from worker threads (the
+committer's writes, restores, resets) at the same time, and each SqliteDict runs a
+thread of its own that only touches its own connection. Partitions are opened lazily by
+whichever thread comes first: ``_dicts``, ``_selects`` and ``_on_disk`` hold immutable
+values replaced whole under ``_lock`` (read without it), and ``_reader`` is created
+under it. The reader connection may be used by several threads (SQLite serialises
+calls on one connection; ``sqlite3.threadsafety`` is 3 in the supported builds).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,52 +60,67 @@ class SqliteStore:
         self.path = path
         self._key_codec = key_codec
         self._value_codec = value_codec
-        self._dicts: dict[int, SqliteDict] = {}
-        self._reader: sqlite3.Connection | None = None
-        self._selects: dict[int, str] = {}
+        # The Trio thread and worker threads open partitions: the three below are
+        # replaced whole under _lock (copy on write) and read without it.
+        self._lock = threading.Lock()
+        self._dicts: Mapping[int, SqliteDict] = {}
+        self._selects: Mapping[int, str] = {}
         existing = SqliteDict.get_tablenames(str(path)) if path.exists() else []
-        self._on_disk = {
+        self._on_disk = frozenset(
             int(name[len(_PREFIX) :])
             for name in existing
             if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()
-        }
+        )
+        self._reader: sqlite3.Connection | None = None  # created under _lock
 
     def _dict(self, partition: int) -> SqliteDict:
         table = self._dicts.get(partition)
-        if table is None:
-            table = SqliteDict(
-                str(self.path),
-                tablename=f"{_PREFIX}{partition}",
-                journal_mode="WAL",
-                autocommit=False,
-                encode=_to_blob,
-                decode=bytes,
-                encode_key=_identity,
-                decode_key=_identity,
-                outer_stack=False,
-            )
-            self._dicts[partition] = table
-            self._on_disk.add(partition)
+        if table is not None:
+            return table
+        with self._lock:  # one SqliteDict per partition, whichever thread opens it
+            table = self._dicts.get(partition)
+            if table is None:
+                table = SqliteDict(
+                    str(self.path),
+                    tablename=f"{_PREFIX}{partition}",
+                    journal_mode="WAL",
+                    autocommit=False,
+                    encode=_to_blob,
+                    decode=bytes,
+                    encode_key=_identity,
+                    decode_key=_identity,
+                    outer_stack=False,
+                )
+                self._dicts = {**self._dicts, partition: table}
+                self._on_disk = self._on_disk | {partition}
         return table
+
+    def _select(self, partition: int) -> str:
+        # The partition's table exists once its SqliteDict was opened (created and
+        # committed by sqlitedict).
+        tablename = self._dict(partition).tablename
+        with self._lock:
+            select = self._selects.get(partition)
+            if select is None:
+                select = f'SELECT value FROM "{tablename}" WHERE key = ? LIMIT 1'
+                self._selects = {**self._selects, partition: select}
+        return select
+
+    def _open_reader(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._reader is None:
+                # Autocommit: every SELECT is its own read transaction, so it sees the
+                # latest commit.
+                self._reader = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            return self._reader
 
     def get(self, partition: int, key: Any) -> Any:
         if partition not in self._on_disk:
             return MISSING
-        select = self._selects.get(partition)
-        if select is None:
-            # The partition's table exists once its SqliteDict was opened (created and
-            # committed by sqlitedict).
-            table = self._dict(partition)
-            select = self._selects[partition] = (
-                f'SELECT value FROM "{table.tablename}" WHERE key = ? LIMIT 1'
-            )
-        reader = self._reader
-        if reader is None:
-            # Autocommit: every SELECT is its own read transaction, so it sees the
-            # latest commit. Only this store's calls use it (one at a time).
-            reader = self._reader = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
+        select = self._selects.get(partition) or self._select(partition)
+        reader = self._reader or self._open_reader()
         row = reader.execute(select, (self._key_codec.encode(key),)).fetchone()
         if row is None:
             return MISSING
@@ -188,10 +212,10 @@ class SqliteStore:
         table.commit(blocking=True)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        for table in self._dicts.values():
+        with self._lock:
+            reader, self._reader = self._reader, None
+            tables, self._dicts, self._selects = self._dicts, {}, {}
+        if reader is not None:
+            reader.close()
+        for table in tables.values():
             table.close()
-        self._dicts.clear()
-        self._selects.clear()

@@ -324,7 +324,13 @@ class Producer(Protocol):
         """Like :meth:`send` for many records at once (one thread hop on Kafka).
 
         May exceed ``max_in_flight`` by up to ``len(records)``: the bound is checked before
-        the batch is handed over. Cancelled before the hand-over: nothing was sent.
+        the batch is handed over.
+
+        Cancellation: all or nothing. :class:`trio.Cancelled` is raised only while no
+        record of the batch was handed over (nothing is sent, nothing counted in flight;
+        send it again if it is still wanted). A batch that was handed over is returned
+        even if the call was cancelled meanwhile (the cancellation then arrives at the
+        caller's next checkpoint), and :meth:`flush` waits for it.
         """
         ...
 
@@ -332,7 +338,9 @@ class Producer(Protocol):
         """Wait until every record sent so far is acknowledged.
 
         Raises :class:`~trio_tables.errors.DeliveryFailed` for the first record that
-        failed since the previous flush. Cancellation leaves the records in flight.
+        failed since the previous flush. Cancellation leaves the records in flight
+        (nothing is lost or taken back): a later ``flush()`` waits for them and reports
+        their failures.
         """
         ...
 

@@ -1,5 +1,11 @@
 """The restore consumer on librdkafka (``fetch_client="confluent-kafka"``, the default):
-changelog replay for recovery, standby copies, global tables and the CLI."""
+changelog replay for recovery, standby copies, global tables and the CLI.
+
+Threads: the fetcher's state changes only in the client's worker thread (every
+read-modify-write of it, ``assign``/``pause``/``resume`` included, runs there in one
+call); the Trio thread only reads its ``assignment`` and ``paused`` (immutable sets
+replaced whole).
+"""
 
 from __future__ import annotations
 
@@ -59,12 +65,13 @@ class ConfluentRestoreConsumer(_KafkaFetching):
 
     async def assign(self, tps: Iterable[TP]) -> None:
         """Replace the assignment: kept partitions keep their position, new ones start at
-        their beginning."""
+        their beginning. Cancellation: one thread hop, so all or nothing."""
         wanted = frozenset(tps)
         fetcher = self._fetcher
-        starts = await self.beginning_offsets(wanted - fetcher.assignment)
 
         def work() -> None:
+            new = sorted(wanted - fetcher.assignment)
+            starts = fetcher.low_watermarks(new) if new else {}
             kept = {tp: fetcher.positions[tp] for tp in wanted if tp in fetcher.positions}
             fetcher.assign({**kept, **starts})
 
@@ -74,10 +81,16 @@ class ConfluentRestoreConsumer(_KafkaFetching):
         return self._fetcher.assignment
 
     async def pause(self, tps: Iterable[TP]) -> None:
-        await self._owner.run(self._fetcher.set_paused, self._fetcher.paused | set(tps))
+        """Cancellation: one thread hop, so all or nothing."""
+        wanted = frozenset(tps)
+        fetcher = self._fetcher
+        await self._owner.run(lambda: fetcher.set_paused(fetcher.paused | wanted))
 
     async def resume(self, tps: Iterable[TP]) -> None:
-        await self._owner.run(self._fetcher.set_paused, self._fetcher.paused - set(tps))
+        """Cancellation: one thread hop, so all or nothing."""
+        wanted = frozenset(tps)
+        fetcher = self._fetcher
+        await self._owner.run(lambda: fetcher.set_paused(fetcher.paused - wanted))
 
     def paused(self) -> frozenset[TP]:
-        return frozenset(self._fetcher.paused)
+        return self._fetcher.paused

@@ -4,6 +4,10 @@ Each kafka-python client (admin, producer, consumers, the high-watermark probe) 
 :class:`~._kafka_bridge.ClientOwner`: calls go through a worker thread one at a time.
 Consumers poll with short timeouts (``poll(timeout=...)``, 0.2 s by default), which bounds
 how long a cancellation waits for the worker thread.
+
+Threads: every client is created in a worker thread and then called only through its
+owner (clients are never shared); what crosses threads inside a client is described in
+:mod:`._kafka_producer`, :mod:`._kafka_consumer` and :mod:`._kafka_membership`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ._base import (
 )
 from ._confluent_restore import ConfluentRestoreConsumer
 from ._kafka_assignor import KafkaAssignorAdapter
-from ._kafka_bridge import ClientOwner, keep_finished_join
+from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
 from ._librdkafka import (
@@ -397,11 +401,11 @@ class KafkaTransport:
                     reset_to_latest=auto_offset_reset == "latest",
                     retry=self._retry,
                 )
-            keep_finished_join(client)
+            for adapter in adapters:
+                # Set before subscribe(): the IO thread calls it from the first join on.
+                adapter.on_join = consumer.note_join
             try:
-                await consumer._owner.run(
-                    lambda: client.subscribe(topic_list, listener=consumer.bridge)
-                )
+                await consumer.subscribe(topic_list)
                 yield consumer
             finally:
                 # Revokes through the listener (still served by this nursery), commits
@@ -503,10 +507,7 @@ class KafkaTransport:
         )
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._admin_owner.closed:
-                await self._admin_owner.run(self._admin.close)
-                self._admin_owner.closed = True
+        await self._admin_owner.close(self._admin.close)
 
 
 @asynccontextmanager

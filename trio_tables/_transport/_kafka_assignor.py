@@ -1,9 +1,14 @@
-"""Our :class:`~trio_tables._transport._base.Assignor` as a kafka-python assignor."""
+"""Our :class:`~trio_tables._transport._base.Assignor` as a kafka-python assignor.
+
+Threads: kafka-python calls every method on the consumer's IO thread (the leader's
+``assign`` too); ``owned`` is written and read only there. ``on_join`` is set on the
+Trio thread before the client subscribes, and only read afterwards.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka.coordinator.assignors.abstract import (
@@ -48,6 +53,9 @@ class KafkaAssignorAdapter(AbstractPartitionAssignor):  # type: ignore[misc]
         self.assignor = assignor
         self.protocol = protocol
         self.owned: frozenset[TP] = frozenset()
+        #: Called first at every completed join (the group consumer refreshes its
+        #: membership snapshot: the generation changed).
+        self.on_join: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -97,6 +105,8 @@ class KafkaAssignorAdapter(AbstractPartitionAssignor):  # type: ignore[misc]
         }
 
     def on_assignment(self, assignment: Any, generation: int) -> None:
+        if self.on_join is not None:
+            self.on_join()
         partitions = frozenset(TP(tp.topic, tp.partition) for tp in assignment.partitions())
         self.owned = partitions
         self.assignor.on_assignment(

@@ -15,10 +15,17 @@ reachable through private attributes: :func:`resolve_on_io_loop`,
 :func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records` and the group
 join fix :func:`keep_finished_join` are the only places that touch them (contract and
 integration tests pin the behaviour).
+
+Threads: a client is called only from the worker thread of its :class:`ClientOwner`
+(one call at a time, holding the owner's limiter), or by kafka-python itself on its IO
+thread; the Trio thread reaches the IO loop only through its thread-safe
+``call_soon_threadsafe`` (:func:`resolve_on_io_loop`), and the IO thread reaches Trio
+only through ``TrioToken.run_sync_soon``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -52,19 +59,50 @@ class ClientOwner:
     def __init__(self, name: str) -> None:
         self.name = name
         self.limiter = trio.CapacityLimiter(1)
+        # Written by the worker thread that closes the client (holding the limiter);
+        # read there by every later call and on the Trio thread as a shortcut.
         self.closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker thread, after every earlier call on this client.
 
-        Cancellation: the call is not abandoned; if it already started it completes in
-        its thread and then :class:`trio.Cancelled` is raised (its result is dropped).
+        Raises :class:`~trio_tables.errors.TransportClosed`, without calling ``fn``, once
+        the client is closed (also for a call that was waiting while it closed).
+
+        Cancellation: a call cancelled before its worker thread started raises
+        :class:`trio.Cancelled` and ``fn`` never runs. Once started, the call is not
+        abandoned: it completes in its thread and returns normally (the cancellation
+        is delivered at the caller's next checkpoint). So an exception from ``run``
+        means ``fn`` never ran, or ``fn`` itself raised.
         """
         if self.closed:
             raise TransportClosed(f"{self.name} is closed")
         return await trio.to_thread.run_sync(
-            fn, *args, limiter=self.limiter, abandon_on_cancel=False
+            self._call, fn, args, limiter=self.limiter, abandon_on_cancel=False
         )
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self.closed:  # closed by the call before this one
+            raise TransportClosed(f"{self.name} is closed")
+        return fn(*args)
+
+    async def close(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` (the client's close) once, after every earlier call; later calls
+        raise :class:`~trio_tables.errors.TransportClosed`. Shielded from cancellation
+        (a client is never left half closed); the client counts as closed even if
+        ``fn`` raises."""
+        with trio.CancelScope(shield=True):
+            if self.closed:
+                return
+
+            def close() -> None:
+                try:
+                    fn()
+                finally:
+                    self.closed = True
+
+            with contextlib.suppress(TransportClosed):  # closed by a call queued earlier
+                await self.run(close)
 
 
 def to_kafka_tp(tp: TP) -> TopicPartition:

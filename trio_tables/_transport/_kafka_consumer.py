@@ -5,6 +5,17 @@ Rebalances reach Trio through :class:`_ListenerBridge`: kafka-python awaits it o
 loop (heartbeats keep flowing), it starts the user's listener as a task in the consumer's
 nursery, waits for a kafka Future that the task resolves, and commits the offsets the
 listener returned before kafka-python releases the partitions.
+
+Threads: the Trio thread; each client's worker thread (every client call, one at a
+time, through :class:`~._kafka_bridge.ClientOwner`: ``poll`` and its ``_fix_positions``
+and ``_rewind`` run there); kafka-python's IO thread (network, joins, the listener
+bridge). What a group consumer's threads share lives in
+:class:`~._kafka_membership.Membership` (immutable values replaced whole under a lock).
+The IO thread touches the client only as kafka-python itself does during a rebalance
+(committing on revocation, reading the group membership); the Trio thread reaches the
+IO loop only through its thread-safe ``call_soon_threadsafe``. A poll's result crosses
+from the worker thread to Trio through the thread hop's return. Everything else here
+belongs to the Trio thread.
 """
 
 from __future__ import annotations
@@ -26,11 +37,13 @@ from ._kafka_bridge import (
     ClientOwner,
     commit_on_io_loop,
     from_kafka_tp,
+    keep_finished_join,
     release_parked_records,
     resolve_on_io_loop,
     to_kafka_offsets,
     to_kafka_tp,
 )
+from ._kafka_membership import Membership
 from ._retry import RetryPolicy
 
 __all__ = ["HighWatermarkProbe", "KafkaGroupConsumer", "KafkaRestoreConsumer"]
@@ -128,10 +141,8 @@ class HighWatermarkProbe:
         )
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._owner.closed:
-                await self._owner.run(self._consumer.close)
-                self._owner.closed = True
+        """Close the probe's client (shielded from cancellation)."""
+        await self._owner.close(self._consumer.close)
 
 
 class _KafkaFetching:
@@ -148,13 +159,15 @@ class _KafkaFetching:
         self._owner = owner
         self._consumer = consumer
         self._probe = probe
-        self._paused: set[TP] = set()
+        self._paused: frozenset[TP] = frozenset()  # Trio thread only (see subclasses)
         self._retry = retry or RetryPolicy("the Kafka cluster")
 
     async def poll(
         self, *, timeout: float = 0.2, max_records: int | None = None
     ) -> Mapping[TP, Sequence[Record]]:
-        box: list[Batch] = []
+        """Cancellation, or an error of the rebalance listener raised here: the records
+        fetched are handed back (the consumer rewinds to them), so none is lost."""
+        box: list[Batch] = []  # filled by the worker thread, read after its hop returned
 
         def work() -> None:
             box.append(self._fetch_batch(timeout, max_records))
@@ -167,11 +180,11 @@ class _KafkaFetching:
             # records handed back, rather than at the caller's next checkpoint with the
             # records in the caller's hands.
             await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.Cancelled:
+            self._after_poll()
+        except BaseException:
             if box and box[0]:
                 await self._hand_back(box[0])
             raise
-        self._after_poll()
         return box[0]
 
     def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
@@ -202,8 +215,9 @@ class _KafkaFetching:
                     self._consumer.seek(to_kafka_tp(tp), records[0].offset)
 
     async def _hand_back(self, batch: Batch) -> None:
-        """Rewind to the first record of a batch that the caller never received."""
-        with trio.CancelScope(shield=True):
+        """Rewind to the first record of a batch that the caller never received (a
+        closed client has nothing to rewind)."""
+        with trio.CancelScope(shield=True), contextlib.suppress(TransportClosed):
             await self._owner.run(self._rewind, batch)
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -224,23 +238,27 @@ class _KafkaFetching:
         return await self._probe.end_offsets(tps)
 
     async def pause(self, tps: Iterable[TP]) -> None:
+        """Cancellation: cancelled before its worker thread started, nothing changed."""
         wanted = list(tps)
         await self._owner.run(lambda: self._consumer.pause(*map(to_kafka_tp, wanted)))
-        self._paused.update(wanted)
+        self._note_paused(wanted, ())
 
     async def resume(self, tps: Iterable[TP]) -> None:
+        """Cancellation: cancelled before its worker thread started, nothing changed."""
         wanted = list(tps)
         await self._owner.run(lambda: self._consumer.resume(*map(to_kafka_tp, wanted)))
-        self._paused.difference_update(wanted)
+        self._note_paused((), wanted)
+
+    def _note_paused(self, add: Iterable[TP], remove: Iterable[TP]) -> None:
+        self._paused = (self._paused | frozenset(add)) - frozenset(remove)
 
     def paused(self) -> frozenset[TP]:
-        return frozenset(self._paused)
+        return self._paused
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            if not self._owner.closed:
-                await self._owner.run(self._close_client)
-                self._owner.closed = True
+        """Close the client (shielded from cancellation); later calls raise
+        :class:`~trio_tables.errors.TransportClosed`."""
+        await self._owner.close(self._close_client)
 
     def _close_client(self) -> None:
         self._consumer.close(autocommit=False)
@@ -310,21 +328,34 @@ class KafkaGroupConsumer(_KafkaFetching):
         super().__init__(owner, consumer, probe, retry=retry)
         self._listener = listener
         self._reset_to_latest = reset_to_latest
-        # Partitions assigned during the current poll: where they start is checked
-        # after it (see _fix_positions). For a "latest" reset, the true end offset at
-        # assignment, else None.
-        self._fresh: dict[TP, int | None] = {}
+        # Shared by the Trio, worker and IO threads (see _kafka_membership).
+        self._membership = Membership()
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
-        self._assignment: frozenset[TP] = frozenset()
-        self._listener_errors: list[BaseException] = []
+        self._listener_errors: list[BaseException] = []  # Trio thread only
         self.bridge = _ListenerBridge(self)
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe the client to ``topics`` (the group is joined by ``poll()``)."""
+
+        def work() -> None:
+            keep_finished_join(self._consumer)
+            self._consumer.subscribe(list(topics), listener=self.bridge)
+            self._membership.note_group(self._consumer.group_metadata)
+
+        await self._owner.run(work)
+
+    def note_join(self) -> None:
+        """(kafka-python's IO thread) A join round completed: the generation changed."""
+        self._membership.note_group(self._consumer.group_metadata)
 
     # -- rebalance bridge ------------------------------------------------------------
     async def _call_listener_from_io_loop(
         self, kind: str, ktps: set[Any]
     ) -> Mapping[TP, int] | None:
         """Runs on kafka-python's IO loop: hand the event to Trio and wait for it."""
+        # The membership this event belongs to (an exactly-once revocation commit reads it).
+        self._membership.note_group(self._consumer.group_metadata)
         future = KafkaFuture()
         tps = frozenset(from_kafka_tp(ktp) for ktp in ktps)
         if not tps and kind != "assigned":
@@ -346,19 +377,19 @@ class KafkaGroupConsumer(_KafkaFetching):
         result: Mapping[TP, int] | None = None
         try:
             if kind == "revoked":
-                self._assignment -= tps
-                self._paused -= tps
+                self._membership.release(tps)
                 result = await self._listener.on_partitions_revoked(tps)
             elif kind == "assigned":
-                self._assignment |= tps
+                floors: Mapping[TP, int | None] = dict.fromkeys(tps)
                 if self._reset_to_latest and tps:
-                    self._fresh.update(await self._probe.end_offsets(tps))
-                else:
-                    self._fresh.update(dict.fromkeys(tps))
+                    floors = await self._probe.end_offsets(tps)
+                # Owned and fresh in one step: a poll in between either drops their
+                # records (not owned yet) or positions them (fresh), never passes
+                # records fetched from kafka-python's own choice of start.
+                self._membership.assign(floors)
                 await self._listener.on_partitions_assigned(tps)
             else:
-                self._assignment -= tps
-                self._paused -= tps
+                self._membership.release(tps)
                 await self._listener.on_partitions_lost(tps)
         except Exception as exc:
             self._listener_errors.append(exc)
@@ -375,17 +406,20 @@ class KafkaGroupConsumer(_KafkaFetching):
         (another member may have moved it on meanwhile), and after a failed SyncGroup it
         returns records of partitions the listener was told are revoked. And a "latest"
         reset uses ListOffsets, which some brokers answer too low (BROKER.md).
+        Also refreshes the group membership snapshot (:meth:`group_metadata`).
         """
-        owned = self._assignment
+        self._membership.note_group(self._consumer.group_metadata)
+        ownership = self._membership.take_fresh()
+        owned = ownership.assigned
         for tp in [tp for tp in batch if tp not in owned]:
             del batch[tp]
-        fresh, self._fresh = self._fresh, {}
+        fresh = ownership.fresh
         if not fresh:
             return
         try:
             starts = self._group_starts(fresh)
         except Exception:
-            self._fresh = {**fresh, **self._fresh}  # checked again after the next poll
+            self._membership.retry_fresh(fresh)  # checked again after the next poll
             raise
         consumer = self._consumer
         for tp, start in starts.items():
@@ -395,7 +429,7 @@ class KafkaGroupConsumer(_KafkaFetching):
             batch.pop(tp, None)
             consumer.seek(to_kafka_tp(tp), start)
 
-    def _group_starts(self, fresh: dict[TP, int | None]) -> dict[TP, int]:
+    def _group_starts(self, fresh: Mapping[TP, int | None]) -> dict[TP, int]:
         """Where each newly assigned partition starts: the group's commit, else the
         "latest" floor, else the beginning (asks the broker)."""
         consumer = self._consumer
@@ -428,7 +462,14 @@ class KafkaGroupConsumer(_KafkaFetching):
 
     # -- GroupConsumer -------------------------------------------------------------------
     def assignment(self) -> frozenset[TP]:
-        return self._assignment
+        return self._membership.ownership.assigned
+
+    def paused(self) -> frozenset[TP]:
+        return self._membership.ownership.paused
+
+    def _note_paused(self, add: Iterable[TP], remove: Iterable[TP]) -> None:
+        self._membership.pause(add)
+        self._membership.resume(remove)
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
         if not offsets:
@@ -458,14 +499,19 @@ class KafkaGroupConsumer(_KafkaFetching):
         return await self._retry.run("fetching committed offsets", lambda: self._owner.run(fetch))
 
     async def group_metadata(self) -> GroupMetadata:
-        """A snapshot of the membership (generation, member id). Unlike every other call
-        it does not wait for this client's turn: it only reads the coordinator's state,
-        and an exactly-once commit needs it inside the rebalance listener, while the
-        ``poll()`` that runs the listener holds the client."""
+        """The membership (generation, member id) as of the last poll or rebalance step.
+
+        A snapshot taken by the threads that own the client's group state (the worker
+        thread after each poll, kafka-python's IO thread when a join completes and
+        before each listener call) and read whole here: it never waits for the client,
+        which an exactly-once commit inside the rebalance listener needs (the ``poll()``
+        running the listener holds the client). Cancellation: one checkpoint, nothing
+        else happens.
+        """
+        await trio.lowlevel.checkpoint()
         if self._owner.closed:
             raise TransportClosed(f"{self._owner.name} is closed")
-        raw = await trio.to_thread.run_sync(self._consumer.group_metadata)
-        return GroupMetadata(raw.group_id, raw.generation_id, raw.member_id, raw.group_instance_id)
+        return self._membership.group
 
 
 def new_kafka_consumer(config: dict[str, Any]) -> Any:

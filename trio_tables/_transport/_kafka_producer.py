@@ -3,6 +3,12 @@
 Records are handed to kafka-python in batches (one thread hop per batch). Acknowledgements
 arrive on kafka-python's sender thread; they are collected under a lock and delivered to
 Trio with one ``run_sync_soon`` per burst, not one per record.
+
+Threads: the Trio thread owns the accounting (``_in_flight``, ``_first_error``, the
+deliveries' outcomes); the client's worker thread hands records over (``_hand_over``)
+and runs every other client call; kafka-python's sender thread (or the worker thread,
+for a record refused at once) reports outcomes into :class:`_AckQueue`, whose
+``_pending``/``_scheduled`` are guarded by its lock and drained on the Trio thread.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class _AckQueue:
     def __init__(self, producer: KafkaTransportProducer) -> None:
         self._producer = producer
         self._token = trio.lowlevel.current_trio_token()
+        # Guards _pending and _scheduled: written by the sender/worker threads
+        # (on_done) and the Trio thread (_drain).
         self._lock = threading.Lock()
         self._pending: list[tuple[Delivery, Any, BaseException | None]] = []
         self._scheduled = False
@@ -93,6 +101,7 @@ class KafkaTransportProducer:
         self._producer = producer
         self._max_in_flight = max_in_flight
         self._transactional = transactional
+        # Trio thread only: counted at the hand-over, settled by _AckQueue._drain.
         self._in_flight = 0
         self._room = trio.lowlevel.ParkingLot()
         self._acks = _AckQueue(self)
@@ -118,10 +127,12 @@ class KafkaTransportProducer:
             await self._room.park()
 
     def _hand_over(self, deliveries: list[Delivery]) -> None:
-        """Runs in the worker thread: give every record to kafka-python."""
+        """(Worker thread) Give every record to kafka-python. Never raises: each record
+        ends up with exactly one outcome through :meth:`_AckQueue.on_done` (an ack, or the
+        error that stopped it), so every record counted in flight is settled once."""
         send = self._producer.send
         on_done = self._acks.on_done
-        for delivery in deliveries:
+        for index, delivery in enumerate(deliveries):
             record = delivery.record
             try:
                 future = send(
@@ -134,6 +145,10 @@ class KafkaTransportProducer:
                 )
             except Exception as exc:  # e.g. unknown topic, bad partition, buffer timeout
                 on_done(delivery, exc)
+            except BaseException as exc:  # e.g. MemoryError: fail the rest of the batch
+                for rest in deliveries[index:]:
+                    on_done(rest, exc)
+                return
             else:
                 future.add_both(on_done, delivery)
 
@@ -152,6 +167,16 @@ class KafkaTransportProducer:
         return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        """Hand ``records`` to kafka-python (one thread hop) and return their deliveries.
+
+        Cancellation: if this raises :class:`trio.Cancelled`, none of ``records`` was
+        handed over (the cancellation came while checking a new topic, waiting for room,
+        or before the worker thread started): nothing of the batch is sent, nothing is
+        counted in flight, and the caller sends the batch again if it still wants it.
+        Once the worker thread started, the call returns the deliveries even if it was
+        cancelled meanwhile (the cancellation then arrives at the caller's next
+        checkpoint): those records are in flight, and :meth:`flush` waits for them.
+        """
         # kafka-python would block for max_block_ms on a topic that does not exist (we never
         # rely on auto-creation): check each topic once, raising UnknownTopic at once.
         for topic in {record.topic for record in records} - self._known_topics:
@@ -165,13 +190,24 @@ class KafkaTransportProducer:
         self._in_flight += len(deliveries)
         try:
             await self._owner.run(self._hand_over, deliveries)
-        except trio.Cancelled:
-            # The thread finished the hand-over before Cancelled was raised: the records
-            # are in flight and flush() accounts for them.
+        except BaseException:
+            # ClientOwner.run raises only when the worker thread never ran _hand_over
+            # (cancelled at its entry or waiting for the client, or the client is
+            # closed), and _hand_over itself never raises: no record of this batch was
+            # handed over, and none will ever be acknowledged.
+            self._in_flight -= len(deliveries)
+            self._room.unpark_all()
             raise
         return deliveries
 
     async def flush(self) -> None:
+        """Wait until every record handed over so far is settled; raise
+        :class:`~trio_tables.errors.DeliveryFailed` for the first one that failed since
+        the last flush.
+
+        Cancellation: the records stay in flight (nothing is lost or taken back); a
+        later ``flush()`` waits for them and reports their failures.
+        """
         await self._owner.run(self._producer.flush)
         while self._in_flight:
             await self._room.park()
@@ -253,12 +289,9 @@ class KafkaTransportProducer:
             if flush and not self._owner.closed:
                 await self.flush()
         finally:
-            with trio.CancelScope(shield=True):
-                if not self._owner.closed:
-                    # A transaction stuck in its end would keep the sender retrying.
-                    timeout = 0.0 if self._broken else None
-                    await self._owner.run(partial(self._producer.close, timeout=timeout))
-                    self._owner.closed = True
+            # A transaction stuck in its end would keep the sender retrying.
+            timeout = 0.0 if self._broken else None
+            await self._owner.close(partial(self._producer.close, timeout=timeout))
 
 
 def new_kafka_producer(config: dict[str, Any]) -> Any:

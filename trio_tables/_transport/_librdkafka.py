@@ -11,8 +11,11 @@ Both the restore consumer and the group consumer fetch through it; group members
 (our assignor places standbys, and librdkafka cannot call Python assignors), commits,
 producers and the admin client stay on kafka-python.
 
-Every method runs on a worker thread of the owning consumer's
-:class:`~._kafka_bridge.ClientOwner`, one call at a time.
+Threads: every method runs on a worker thread of the owning consumer's
+:class:`~._kafka_bridge.ClientOwner`, one call at a time; the fetcher's state is that
+thread's. The Trio thread only reads ``assignment`` and ``paused``, immutable sets
+replaced whole. librdkafka's own threads never call back into Python (no callbacks are
+configured): they only fill the queue that :meth:`LibrdkafkaFetcher.fetch` reads.
 
 librdkafka behaviours worked around here (the transport contract suite runs on both
 clients):
@@ -138,9 +141,10 @@ class LibrdkafkaFetcher:
         self.consumer = consumer
         self._timeout = timeout
         self._ctp = TopicPartition
+        # Read by the Trio thread too: replaced whole (worker thread), never mutated.
         self.assignment: frozenset[TP] = frozenset()
-        self.positions: dict[TP, int] = {}
-        self.paused: set[TP] = set()
+        self.paused: frozenset[TP] = frozenset()
+        self.positions: dict[TP, int] = {}  # worker thread only
         self._stale = False  # librdkafka's assignment, offsets or pauses differ from ours
 
     # -- state changes ---------------------------------------------------------------
@@ -148,7 +152,7 @@ class LibrdkafkaFetcher:
         """Fetch exactly the partitions of ``starts``, from those offsets."""
         self.positions = dict(starts)
         self.assignment = frozenset(starts)
-        self.paused &= self.assignment
+        self.paused = self.paused & self.assignment
         self._stale = True
 
     def seek(self, tp: TP, offset: int) -> None:
@@ -159,7 +163,7 @@ class LibrdkafkaFetcher:
 
     def set_paused(self, tps: Iterable[TP]) -> None:
         """Pause exactly ``tps`` (those assigned); the rest fetch."""
-        wanted = set(tps) & self.assignment
+        wanted = frozenset(tps) & self.assignment
         if wanted != self.paused:
             self.paused = wanted
             self._stale = True

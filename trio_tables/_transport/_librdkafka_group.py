@@ -8,6 +8,11 @@ fetch sizes are one byte, so a fetch sent before the pause costs nothing). A
 :class:`~._librdkafka.LibrdkafkaFetcher` reads exactly the partitions the listener was
 told this member owns, each from where the group says (the committed offset, else the
 reset policy), as :meth:`KafkaGroupConsumer._fix_positions` does for kafka-python.
+
+Threads: as :mod:`._kafka_consumer`. The fetcher is touched only by the client's worker
+thread (one call at a time); the ownership it follows is read there from the shared
+:class:`~._kafka_membership.Membership`, whose snapshots the Trio thread's listener task
+and ``pause``/``resume`` replace.
 """
 
 from __future__ import annotations
@@ -64,11 +69,12 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         # Membership first (rebalances complete here and reach the listener). Without
         # partitions to fetch there is nothing else to wait for.
         self._consumer.poll(timeout_ms=0 if fetcher.assignment else int(timeout * 1000))
+        self._membership.note_group(self._consumer.group_metadata)
         self._follow_assignment()
         if not fetcher.assignment:
             return {}
         batch = fetcher.fetch(timeout, max_records or self._max_poll_records)
-        owned = self._assignment  # the listener may have revoked some meanwhile
+        owned = self.assignment()  # the listener may have revoked some meanwhile
         for tp in [tp for tp in batch if tp not in owned]:
             del batch[tp]
         return batch
@@ -76,20 +82,21 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
     def _follow_assignment(self) -> None:
         """Make the fetcher read what the listener was told this member owns, newly
         assigned partitions from where the group says; keep kafka-python from fetching."""
-        fresh, self._fresh = self._fresh, {}
+        ownership = self._membership.take_fresh()  # one consistent view of it
+        fresh = ownership.fresh
         try:
             starts = self._group_starts(fresh) if fresh else {}
         except Exception:
-            self._fresh = {**fresh, **self._fresh}  # tried again after the next poll
+            self._membership.retry_fresh(fresh)  # tried again after the next poll
             raise
-        owned = self._assignment
+        owned = ownership.assigned
         fetcher = self._fetcher
         wanted = {tp: offset for tp, offset in fetcher.positions.items() if tp in owned}
         wanted.update((tp, offset) for tp, offset in starts.items() if tp in owned)
         if starts or wanted.keys() != fetcher.assignment:
             fetcher.assign(wanted)
         # Pauses asked for before the fetcher had the partition hold from now on.
-        fetcher.set_paused(self._paused)
+        fetcher.set_paused(ownership.paused)
         consumer = self._consumer
         if running := consumer.assignment() - consumer.paused():
             consumer.pause(*running)
@@ -113,12 +120,16 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         return await self._owner.run(work)
 
     async def pause(self, tps: Iterable[TP]) -> None:
-        self._paused.update(tps)
-        await self._owner.run(self._fetcher.set_paused, set(self._paused))
+        """Cancellation: the partitions count as paused at once; the fetcher follows
+        in this call or, if it is cancelled before its thread started, after the next
+        poll (:meth:`_follow_assignment`)."""
+        ownership = self._membership.pause(tps)
+        await self._owner.run(self._fetcher.set_paused, ownership.paused)
 
     async def resume(self, tps: Iterable[TP]) -> None:
-        self._paused.difference_update(tps)
-        await self._owner.run(self._fetcher.set_paused, set(self._paused))
+        """Cancellation: as :meth:`pause`."""
+        ownership = self._membership.resume(tps)
+        await self._owner.run(self._fetcher.set_paused, ownership.paused)
 
     def _close_client(self) -> None:
         try:

@@ -15,6 +15,9 @@ members is cancellable and simply resumes at the next ``poll()``.
 
 Acknowledgements are immediate: a record is in the log when ``send`` returns and its
 :class:`~._base.Delivery` is already settled, so ``in_flight`` is always 0.
+
+Threads: none. Every object of the in-process broker (here, :mod:`._memory_broker`,
+:mod:`._memory_consumer`, :mod:`._memory_group`) belongs to the Trio thread.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ class MemoryProducer:
         return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
-        """Append ``records`` (all or, if cancelled first, none) and settle them.
+        """Append ``records`` and settle them. Cancellation: its one checkpoint comes
+        first, so a cancelled call appended nothing; otherwise every record is appended.
 
         Raises :class:`~trio_tables.errors.UnknownTopic` before appending anything if a
         topic does not exist. A partition index out of range, or a record with neither key
@@ -165,7 +169,8 @@ class MemoryProducer:
     async def flush(self) -> None:
         """Every record is acknowledged already; raises
         :class:`~trio_tables.errors.DeliveryFailed` for the first failure since the last
-        flush."""
+        flush. Cancelled (at its one checkpoint, before anything): a failure stays to be
+        reported by the next flush."""
         await trio.lowlevel.checkpoint()
         failed, self._first_error = self._first_error, None
         if failed is not None:

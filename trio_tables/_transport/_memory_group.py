@@ -27,16 +27,16 @@ from ..errors import CommitFailed
 from ._assignment import withhold_moving_partitions
 from ._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
 
-__all__ = ["GroupBroker", "Member", "MemoryGroup"]
+__all__ = ["Member", "MemoryGroup"]
 
 
-class GroupBroker(Protocol):
-    """What a group asks of the broker it lives in (``MemoryBroker``)."""
+class _Broker(Protocol):
+    """What a group needs of its :class:`~._memory_broker.MemoryBroker` (which creates
+    the groups: naming the class here would make the two modules import each other)."""
 
-    def notify(self) -> None:
-        """Wake every task waiting for a change of the broker's state."""
+    def notify(self) -> None: ...
 
-    def partition_count(self, topic: str) -> int: ...
+    def partition_count(self, name: str) -> int: ...
 
 
 @attrs.define(eq=False)
@@ -63,9 +63,10 @@ def _current_run() -> object:
 
 
 class MemoryGroup:
-    """The coordinator of one consumer group in a ``MemoryBroker``."""
+    """The coordinator of one consumer group in a
+    :class:`~._memory_broker.MemoryBroker`."""
 
-    def __init__(self, group_id: str, broker: GroupBroker) -> None:
+    def __init__(self, group_id: str, broker: _Broker) -> None:
         self.group_id = group_id
         self._broker = broker
         self.generation = 0

@@ -178,13 +178,21 @@ def _signature(obj: Any, name: str) -> str:
     return f"{name}{text}"
 
 
+def _is_mixin(base: type) -> bool:
+    """A private base class of the package (a mixin such as the manager's hooks or a
+    table's window setup): its members are documented with the public class."""
+    return base.__module__.startswith("trio_tables") and base.__name__ not in trio_tables.__all__
+
+
 def _own_members(cls: type) -> list[tuple[str, Any]]:
-    members = []
-    for name, value in vars(cls).items():
-        if name.startswith("_") or name in ("WindowWrapper",) or name in PLUMBING:
-            continue
-        members.append((name, value))
-    return members
+    members: dict[str, Any] = {}
+    mixins = [b for b in cls.__mro__[1:] if _is_mixin(b)]
+    for klass in (cls, *mixins):
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in ("WindowWrapper",) or name in PLUMBING:
+                continue
+            members.setdefault(name, value)
+    return list(members.items())
 
 
 def _member_line(cls: type, name: str, value: Any) -> str:
@@ -207,7 +215,11 @@ def _class_section(name: str, cls: type) -> list[str]:
     else:
         heading = _signature(cls, name).replace("(self, ", "(").replace("(self)", "()")
     lines = [f"### `{heading}`", ""]
-    bases = [b.__name__ for b in cls.__mro__[1:] if b.__module__.startswith("trio_tables")]
+    bases = [
+        b.__name__
+        for b in cls.__mro__[1:]
+        if b.__module__.startswith("trio_tables") and not _is_mixin(b)
+    ]
     if bases:
         lines += [f"*Also has everything of* `{bases[0]}`.", ""]
     lines += [_doc(cls), ""]

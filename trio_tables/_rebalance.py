@@ -124,7 +124,7 @@ class RebalanceSupervisor:
         self._revoke_timeout = revoke_timeout
         self.assigned: frozenset[TP] = frozenset()
         self.pending: list[Assignment] = []
-        self.generation = 0
+        self.generation = 0  # the group's generation of the latest assignment
         self.assignment_seen = trio.Event()
         self.standbys: frozenset[int] = frozenset()
         self._revoked_since: frozenset[TP] = frozenset()  # since the last assignment
@@ -141,7 +141,11 @@ class RebalanceSupervisor:
 
     # -- the listener ------------------------------------------------------------------
     async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
-        self.generation += 1
+        # The group's generation, as the assignor saw it with this assignment (the
+        # transport hands it over before calling the listener); a count of assignments
+        # when no assignor reported one.
+        group_generation = self._assignor.view.generation
+        self.generation = group_generation if group_generation >= 0 else self.generation + 1
         newly = assigned - self.assigned
         self.assigned |= assigned
         logger.info(

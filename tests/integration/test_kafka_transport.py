@@ -188,6 +188,34 @@ async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_f
     assert (await again.wait()).offset == 1  # "x" never reached the topic
 
 
+async def test_the_producer_keeps_metadata_for_every_topic_it_sends_to(
+    kafka: Transport,
+) -> None:
+    """kafka-python 3 keeps metadata only for topics it *tracks*, and a topic that
+    existed when the producer started is never tracked (the first metadata answer
+    covered it). Once a new topic is sent to, refreshes ask only for tracked topics,
+    the old topic's partitions vanish, and a batch waiting for one of them expires
+    after delivery_timeout_ms (exactly-once outputs were lost that way). The seam
+    ``_kafka_bridge.track_topic`` makes every topic sent to tracked."""
+    old, new = _unique("old"), _unique("new")
+    await kafka.create_topic(old, 3)
+    async with kafka.open_producer() as producer:
+        raw = cast(KafkaTransportProducer, producer)._producer
+        await producer.send(old, b"before", key=b"k")  # known from the first metadata
+        await kafka.create_topic(new, 3)
+        await producer.send(new, b"x", key=b"k")  # a new topic: tracked, refreshed
+        await producer.flush()
+        assert {old, new} <= set(raw._metadata._topics)  # the seam's effect
+        # A metadata refresh now still knows the old topic's partitions ...
+        await trio.to_thread.run_sync(lambda: raw._metadata.request_update())
+        assert raw.partitions_for(old) == {0, 1, 2}
+        # ... and a record to it is delivered, not left with an unknown leader.
+        with trio.fail_after(60):  # a hang guard, not a timing assertion
+            after = await producer.send(old, b"after", key=b"k")
+            await producer.flush()
+        assert (await after.wait()).offset == 1
+
+
 async def test_group_metadata_in_the_revocation_listener_is_the_revoked_generation(
     kafka: Transport,
 ) -> None:

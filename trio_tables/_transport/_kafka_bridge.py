@@ -157,6 +157,25 @@ def release_parked_records(consumer: Any) -> None:
         fetcher._next_partition_records = None
 
 
+def track_topic(producer: Any, topic: str) -> None:
+    """Work around a kafka-python 3 producer bug; call before the first send to a topic.
+
+    The producer's first metadata answer covers every topic, so a send to a topic that
+    existed then finds its partitions at once and never adds the topic to the set the
+    producer keeps metadata for. A later send to a *new* topic adds that one, and the
+    next metadata refresh asks only for the tracked topics: the untracked topic's
+    partitions vanish from the producer's view, a batch waiting for one of them has an
+    "unknown leader" for good, the sender spins on metadata requests and the batch
+    expires after ``delivery_timeout_ms`` (seen: exactly-once outputs never delivered).
+    Tracking every topic sent to prevents it. ``Sender.add_topic`` is the producer's own
+    thread-safe way in (the sender thread adds the topic); if the private ``_sender``
+    is gone, this does nothing.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.add_topic(topic)
+
+
 def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
     """``producer.commit_transaction()`` / ``abort_transaction()`` waiting at most
     ``timeout`` seconds (blocking: run it in the producer's worker thread).

@@ -32,7 +32,7 @@ from ._base import (
     OutgoingRecord,
     RecordMetadata,
 )
-from ._kafka_bridge import ClientOwner, end_transaction, to_kafka_offsets
+from ._kafka_bridge import ClientOwner, end_transaction, to_kafka_offsets, track_topic
 
 __all__ = ["KafkaTransportProducer"]
 
@@ -98,6 +98,8 @@ class KafkaTransportProducer:
         self._broken = False  # an end of transaction timed out: close without waiting
         self._check_topic = check_topic
         self._known_topics: set[str] = set()
+        # Worker thread only (the hand-over): topics the producer keeps metadata for.
+        self._tracked_topics: set[str] = set()
         self._producer = producer
         self._max_in_flight = max_in_flight
         self._transactional = transactional
@@ -132,9 +134,13 @@ class KafkaTransportProducer:
         error that stopped it), so every record counted in flight is settled once."""
         send = self._producer.send
         on_done = self._acks.on_done
+        tracked = self._tracked_topics
         for index, delivery in enumerate(deliveries):
             record = delivery.record
             try:
+                if record.topic not in tracked:
+                    track_topic(self._producer, record.topic)
+                    tracked.add(record.topic)
                 future = send(
                     record.topic,
                     value=record.value,

@@ -227,7 +227,7 @@ async def _s3_server() -> AsyncIterator[dict[str, str]]:
 
 
 async def test_worker_rides_out_a_broker_kill_9_and_restart(
-    unique_name: Any, tmp_path: Path, progress: Any
+    unique_name: Any, tmp_path: Path, progress: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tansu with S3 storage (it keeps topics, records and committed offsets across a
     restart) is killed with SIGKILL while a worker is busy, twice, and restarted on the
@@ -237,6 +237,7 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
     here) and must be retried by trio_tables; then down for 2 s. The worker process
     reconnects by itself (kafka-python's reconnects plus trio_tables' bounded, logged
     retries of commits and offset requests), loses nothing and counts exactly."""
+    monkeypatch.setenv("COUNTER_APP_TRACE", "1")  # which offsets the worker processed
     topic, app = unique_name("words"), unique_name("outage")
     workdir = scratch_dir(tmp_path, "outage")
     async with _s3_server() as env:
@@ -278,12 +279,17 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
                         w.check_alive()
                     feeder.stop.set()
                     await wait_caught_up(broker, app, topic, PARTITIONS, [w])
+                    ends = await end_offsets(broker, topic, PARTITIONS)
                     w.terminate()
                     dump = await w.wait_stopped()
         finally:
             await trio.to_thread.run_sync(stop_embedded_broker, broker)
 
     counted, expected = merge_dumps([dump], PARTITIONS), Counter(feeder.produced)
+    # Every record on the topic was processed (else: the worker skipped some), and the
+    # topic holds every record acknowledged to the feeder (else: the broker lost some).
+    assert_every_offset_processed([check_trace(Path(f"{w.dump_path}.trace"))], ends)
+    assert sum(ends.values()) == len(feeder.produced), (ends, len(feeder.produced))
     assert counted == expected, (
         f"{sum(counted.values())} counted of {sum(expected.values())} produced; "
         f"missing {dict(expected - counted)}, extra {dict(counted - expected)}"

@@ -25,14 +25,19 @@ import trio
 
 
 class _CancelAfterSteps(trio.abc.Instrument):
-    def __init__(self, task: trio.lowlevel.Task, steps: int, scope: trio.CancelScope) -> None:
-        self.task = task
+    def __init__(
+        self,
+        watch: Callable[[trio.lowlevel.Task], bool],
+        steps: int | None,
+        scope: trio.CancelScope,
+    ) -> None:
+        self.watch = watch
         self.steps = steps
         self.scope = scope
         self.seen = 0
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task is self.task:
+        if self.watch(task):
             self.seen += 1
             if self.seen == self.steps:
                 self.scope.cancel()
@@ -47,19 +52,28 @@ class Outcome:
     requested: bool
     #: The operation raised :class:`trio.Cancelled` (else it completed).
     cancelled: bool
+    #: Schedule points of the watched tasks seen while it ran.
+    steps: int = 0
 
 
-async def cancelled_after(k: int, operation: Callable[[], Awaitable[object]]) -> Outcome:
-    """Run ``await operation()`` in this task, cancelled right after its ``k``-th
-    schedule point (``k = 0``: cancelled before it starts)."""
+async def cancelled_after(
+    k: int | None,
+    operation: Callable[[], Awaitable[object]],
+    *,
+    watch: Callable[[trio.lowlevel.Task], bool] | None = None,
+) -> Outcome:
+    """Run ``await operation()`` in this task, cancelled right after the ``k``-th
+    schedule point of the tasks ``watch`` accepts (by default this task; ``k = 0``:
+    cancelled before it starts; ``k = None``: never, only counted)."""
+    me = trio.lowlevel.current_task()
     with trio.CancelScope() as scope:
         if k == 0:
             scope.cancel()
-        instrument = _CancelAfterSteps(trio.lowlevel.current_task(), k, scope)
+        instrument = _CancelAfterSteps(watch or (lambda task: task is me), k, scope)
         trio.lowlevel.add_instrument(instrument)
         try:
             await operation()
         finally:
             trio.lowlevel.remove_instrument(instrument)
-    requested = k == 0 or instrument.seen >= k
-    return Outcome(k, requested, scope.cancelled_caught)
+    requested = k is not None and (k == 0 or instrument.seen >= k)
+    return Outcome(-1 if k is None else k, requested, scope.cancelled_caught, instrument.seen)

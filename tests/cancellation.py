@@ -3,8 +3,8 @@
 Shared by tests/unit (memory transport) and tests/integration (the embedded broker).
 
 A *step* of a task is what it runs between two checkpoints that yield (trio's
-instrument hooks see each one). ``cancel_after(k, ...)`` cancels after the task's
-``k``-th step, so the cancellation lands at its ``k``-th checkpoint (k = 0: at the first
+instrument hooks see each one); ``tests.cancel_points.cancelled_after`` cancels after the
+``k``-th step, so the cancellation lands at the ``k``-th checkpoint (k = 0: at the first
 one). Each scenario first counts the steps of an uncancelled run, then runs k = 0, 1,
 ... up to that count (and one past it, which must complete), each on its own app,
 topics and store; after each one it restarts the app and checks the table against the
@@ -23,45 +23,20 @@ from typing import Any
 import trio
 
 import trio_tables
+from tests.cancel_points import cancelled_after
 from trio_tables import TableManager
 from trio_tables._transport._base import TP, OutgoingRecord
 
 PARTITIONS = 3
 
 
-class CancelAfterSteps(trio.abc.Instrument):
-    """Cancels ``scope`` after the ``k``-th step of the tasks ``watch`` accepts, and
-    counts those steps."""
-
-    def __init__(self, k: int | None, scope: trio.CancelScope, watch: Callable[[Any], bool]):
-        self.k = k
-        self.scope = scope
-        self.watch = watch
-        self.steps = 0
-
-    def after_task_step(self, task: Any) -> None:
-        if self.watch(task):
-            self.steps += 1
-            if self.steps == self.k:
-                self.scope.cancel()
-
-
 async def run_cancelled_after(
     k: int | None, fn: Callable[[], Awaitable[None]], watch: Callable[[Any], bool] | None = None
 ) -> tuple[bool, int]:
-    """Run ``fn`` in this task, cancelled after the ``k``-th step of the watched tasks
-    (this task by default; ``k=None``: never). (completed, steps counted)."""
-    me = trio.lowlevel.current_task()
-    with trio.CancelScope() as scope:
-        instrument = CancelAfterSteps(k, scope, watch or (lambda task: task is me))
-        if k == 0:
-            scope.cancel()
-        trio.lowlevel.add_instrument(instrument)
-        try:
-            await fn()
-        finally:
-            trio.lowlevel.remove_instrument(instrument)
-    return not scope.cancelled_caught, instrument.steps
+    """(completed, steps counted) of ``fn`` cancelled after the ``k``-th step of the
+    watched tasks (see :func:`tests.cancel_points.cancelled_after`)."""
+    outcome = await cancelled_after(k, fn, watch=watch)
+    return not outcome.cancelled, outcome.steps
 
 
 def words(n: int, prefix: str = "w") -> list[str]:

@@ -358,7 +358,7 @@ async def resume_offsets(
     end = await consumer.end_offsets(tps.values())
     starts: dict[TP, int] = {}
     for p, tp in tps.items():
-        saved = table.saved_offsets.get(p)
+        saved = table.local_offsets.get(p)
         start = begin[tp] if saved is None else saved + 1
         if saved is not None and not begin[tp] <= start <= end[tp]:
             table.logger.warning(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._collection import Collection, PersistBatch, RecoveryRequest, StandbyUpdate
+from ._collection import Collection, RecoveryRequest, StandbyUpdate
 from ._global import GlobalTable
 from ._set import GlobalSetTable, SetTable, SetValue
 from ._table import Table
@@ -12,7 +12,6 @@ __all__ = [
     "Collection",
     "GlobalSetTable",
     "GlobalTable",
-    "PersistBatch",
     "RecoveryRequest",
     "SetTable",
     "SetValue",

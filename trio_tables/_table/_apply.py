@@ -48,11 +48,6 @@ class ChangelogApply:
     _progress_event: trio.Event
 
     # -- recovery (driven by _recovery.py) ---------------------------------------------
-    @property
-    def saved_offsets(self) -> Mapping[int, int]:
-        """partition -> last changelog offset the store holds (read without I/O)."""
-        return self.local_offsets
-
     def check_store_not_ahead(self, partition: int, committed: Mapping[str, int]) -> bool:
         """Whether the store's data of ``partition`` includes events past the group's
         ``committed`` source offsets (the worker stopped between persisting and

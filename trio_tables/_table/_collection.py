@@ -53,7 +53,6 @@ from ._windowed import STREAM_TIME, Windowing
 __all__ = [
     "TOMBSTONE",
     "Collection",
-    "PersistBatch",
     "RecoveryRequest",
     "RestoreReport",
     "StandbyUpdate",
@@ -411,19 +410,6 @@ class Collection(ChangelogApply, WindowSetup, FaustPlumbing):
             if had_overlay:
                 moved.append(partition)
         return records, moved
-
-    def persist(
-        self,
-        last_offsets: Mapping[int, int],
-        source_offsets: Mapping[int, Mapping[str, int]],
-    ) -> None:
-        """Write the persisting layer to the store with the last acknowledged changelog
-        offset of each partition, all in this thread (blocking for persistent stores).
-        The commit cycle does the same in three steps: :meth:`persist_plan`,
-        :meth:`write_persist_plan` (in a worker thread), :meth:`persisted`."""
-        plan = self.persist_plan(last_offsets, source_offsets)
-        self.write_persist_plan(plan)
-        self.persisted(plan)
 
     def persist_plan(
         self,

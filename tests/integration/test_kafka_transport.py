@@ -301,3 +301,93 @@ async def test_settings_in_the_url_reach_the_transport_and_win_over_options(
         assert t.settings.client_id == "from-url"
         assert t.settings.heartbeat_interval_ms == 700  # not in the URL: the option
         assert t.url == f"kafka://{kafka_broker.bootstrap}"
+
+
+async def _offsets_after_reassignment(
+    kafka_broker: Any, fetch_client: str, reassign: Callable[[Any, TP], None]
+) -> list[int]:
+    """A one-partition topic with 30 records, polled to the end by one member, which
+    commits offset 5; 10 more records; then ``reassign(consumer, tp)`` changes the
+    member's ownership as its rebalance listener would when the partition is revoked and
+    assigned again (kafka-python runs the listener on its IO thread, at any moment of a
+    poll). The offsets the following polls return, until offset 39."""
+    from tests.contract._helpers import RecordingListener
+
+    async with open_transport(
+        kafka_broker.url, **TEST_SETTINGS, fetch_client=fetch_client
+    ) as kafka:
+        topic = _unique("again")
+        await kafka.create_topic(topic, 1)
+        tp = TP(topic, 0)
+
+        async def produce(first: int, count: int) -> None:
+            async with kafka.open_producer() as producer:
+                await producer.send_batch(
+                    [OutgoingRecord(topic, b"%d" % i) for i in range(first, first + count)]
+                )
+
+        await produce(0, 30)
+        consumer: Any
+        async with kafka.open_group_consumer(
+            _unique("g"), [topic], listener=RecordingListener()
+        ) as consumer:
+            seen: list[int] = []
+            with trio.fail_after(60):
+                while 29 not in seen:
+                    seen += [r.offset for r in (await consumer.poll(timeout=0.5)).get(tp, ())]
+                await consumer.commit({tp: 5})
+                await produce(30, 10)
+                reassign(consumer, tp)
+                after: list[int] = []
+                while 39 not in after:
+                    after += [r.offset for r in (await consumer.poll(timeout=0.5)).get(tp, ())]
+            return after
+
+
+async def test_records_fetched_while_a_partition_is_assigned_again_are_not_returned(
+    kafka_broker: Any,
+) -> None:
+    # The partition is revoked and assigned again while librdkafka fetches it from its
+    # old position (30): those records must not be returned (the member would process
+    # 30-39 and commit 40 before 5-29 came back: a revocation then skips them for good).
+    def during_the_next_fetch(consumer: Any, tp: TP) -> None:
+        fetcher = consumer._fetcher
+        fetch = fetcher.fetch
+
+        def fetch_then_reassign(*args: Any) -> Any:
+            fetcher.fetch = fetch
+            batch = fetch(*args)
+            consumer._membership.release(frozenset({tp}))
+            consumer._membership.assign({tp: None})
+            return batch
+
+        fetcher.fetch = fetch_then_reassign
+
+    offsets = await _offsets_after_reassignment(
+        kafka_broker, "confluent-kafka", during_the_next_fetch
+    )
+    assert offsets == list(range(5, 40))
+
+
+@pytest.mark.parametrize("fetch_client", ["confluent-kafka", "kafka-python"])
+async def test_a_partition_assigned_again_is_never_fetched_from_its_old_position(
+    kafka_broker: Any, fetch_client: str
+) -> None:
+    # Assigned again between two polls, but kafka-python's own assignment does not show
+    # it at the next poll (its next rebalance already started): the partition waits until
+    # it can be started where the group says, instead of going on from where it was.
+    def with_the_start_unknown_once(consumer: Any, tp: TP) -> None:
+        group_starts = consumer._group_starts
+
+        def unknown_once(fresh: Any) -> dict[TP, int]:
+            consumer._group_starts = group_starts
+            return {}
+
+        consumer._group_starts = unknown_once
+        consumer._membership.release(frozenset({tp}))
+        consumer._membership.assign({tp: None})
+
+    offsets = await _offsets_after_reassignment(
+        kafka_broker, fetch_client, with_the_start_unknown_once
+    )
+    assert offsets == list(range(5, 40))

@@ -185,7 +185,11 @@ class _KafkaFetching:
             if box and box[0]:
                 await self._hand_back(box[0])
             raise
-        return box[0]
+        return self._deliverable(box[0])
+
+    def _deliverable(self, batch: Batch) -> Batch:
+        """(Trio thread) What of ``batch`` the caller may have, as its poll returns."""
+        return batch
 
     def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
         """(Worker thread) One poll's records. A failure hands nothing out and leaves
@@ -421,6 +425,13 @@ class KafkaGroupConsumer(_KafkaFetching):
         except Exception:
             self._membership.retry_fresh(fresh)  # checked again after the next poll
             raise
+        if unplaced := {tp: floor for tp, floor in fresh.items() if tp not in starts}:
+            # Not in kafka-python's assignment at this moment (a rebalance in progress):
+            # their records come from kafka-python's own choice of start; a later poll
+            # places them where the group says.
+            self._membership.retry_fresh(unplaced)
+            for tp in unplaced:
+                batch.pop(tp, None)
         consumer = self._consumer
         for tp, start in starts.items():
             records = batch.get(tp)
@@ -453,6 +464,17 @@ class KafkaGroupConsumer(_KafkaFetching):
             for tp, ktp in zip(uncommitted, ktps, strict=True):
                 starts[tp] = beginnings[ktp]
         return starts
+
+    def _deliverable(self, batch: Batch) -> Batch:
+        """(Trio thread) Drop partitions the listener revoked (or revoked and assigned
+        again: fresh) after the worker thread filtered the batch: their records were
+        fetched for an ownership that is over, and the next poll starts a fresh
+        partition where the group says."""
+        ownership = self._membership.ownership
+        owned, fresh = ownership.assigned, ownership.fresh
+        for tp in [tp for tp in batch if tp not in owned or tp in fresh]:
+            del batch[tp]
+        return batch
 
     def _after_poll(self) -> None:
         if self._listener_errors:

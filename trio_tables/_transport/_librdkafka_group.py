@@ -74,8 +74,12 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         if not fetcher.assignment:
             return {}
         batch = fetcher.fetch(timeout, max_records or self._max_poll_records)
-        owned = self.assignment()  # the listener may have revoked some meanwhile
-        for tp in [tp for tp in batch if tp not in owned]:
+        # The listener may have revoked partitions meanwhile, or revoked and assigned
+        # them again: such a partition is fresh, and what was fetched for it came from
+        # its old position (the next poll starts it where the group says).
+        ownership = self._membership.ownership  # one consistent view
+        owned, fresh = ownership.assigned, ownership.fresh
+        for tp in [tp for tp in batch if tp not in owned or tp in fresh]:
             del batch[tp]
         return batch
 
@@ -89,9 +93,18 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         except Exception:
             self._membership.retry_fresh(fresh)  # tried again after the next poll
             raise
+        if unplaced := {tp: floor for tp, floor in fresh.items() if tp not in starts}:
+            # Not in kafka-python's assignment at this moment (a rebalance in progress):
+            # not fetched until a later poll places them where the group says.
+            self._membership.retry_fresh(unplaced)
         owned = ownership.assigned
         fetcher = self._fetcher
-        wanted = {tp: offset for tp, offset in fetcher.positions.items() if tp in owned}
+        # A fresh partition never keeps the position it had before it was revoked.
+        wanted = {
+            tp: offset
+            for tp, offset in fetcher.positions.items()
+            if tp in owned and tp not in fresh
+        }
         wanted.update((tp, offset) for tp, offset in starts.items() if tp in owned)
         if starts or wanted.keys() != fetcher.assignment:
             fetcher.assign(wanted)

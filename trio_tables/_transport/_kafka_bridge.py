@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ __all__ = [
     "ClientOwner",
     "commit_on_io_loop",
     "end_transaction",
+    "finish_join_round",
     "keep_finished_join",
     "release_parked_records",
     "resolve_on_io_loop",
@@ -261,3 +263,30 @@ def keep_finished_join(consumer: Any) -> None:
         return await join(*args, **kwargs)
 
     coordinator.join_group_async = join_group_async
+
+
+def finish_join_round(consumer: Any, timeout: float) -> bool:
+    """Before a group consumer leaves: wait at most ``timeout`` seconds for a
+    JoinGroup/SyncGroup round of its member that is in flight to end (blocking: run it
+    in the consumer's worker thread, right before ``close()``). Whether it waited.
+
+    A member that leaves while its join round is in progress can stay the group's
+    elected leader on Tansu (BROKER.md, deviation 7): every later SyncGroup then waits
+    forever and the group never assigns again. A member whose round ended leaves a
+    stable group, which every broker rebalances correctly. The round runs on the IO
+    thread by itself (no ``poll`` needed); its result is dropped (the listener is not
+    told of an assignment that the member gives up at once). Real Kafka does not need
+    the wait, and it costs at most one join round there.
+    """
+    task = consumer._coordinator._join_task
+    if task is None or task.is_done:
+        return False
+    ended = threading.Event()
+    # Callbacks are added on the IO loop, the thread that resolves the round.
+    consumer._net.call_soon_threadsafe(lambda: task.add_both(lambda _: ended.set()))
+    logger.info("stopping in the middle of a group join round: waiting for it to end")
+    if not ended.wait(timeout):
+        logger.warning(
+            "the group join round did not end within %.0fs: leaving the group anyway", timeout
+        )
+    return True

@@ -42,6 +42,7 @@ from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
+from ._kafka_seams import check_kafka_python_seams
 from ._librdkafka import (
     REPLAY,
     STREAMING,
@@ -549,10 +550,14 @@ async def open_kafka_transport(servers: str, **options: Any) -> AsyncIterator[Ka
 
     ``options`` are :class:`KafkaSettings` fields. Raises
     :class:`~trio_tables.errors.BrokerUnavailable` when no broker answers within
-    ``connect_timeout`` seconds.
+    ``connect_timeout`` seconds, and
+    :class:`~trio_tables.errors.KafkaClientIncompatible` (before connecting) when the
+    installed kafka-python lacks a private part trio_tables relies on
+    (:mod:`._kafka_seams`, checked once per process).
     """
     if not servers:
         raise ValueError("kafka:// URL without servers: use kafka://host:port")
+    check_kafka_python_seams()
     settings = KafkaSettings(bootstrap_servers=servers, **options)
     transport = KafkaTransport(settings, None)
     transport._admin = await transport._connect(

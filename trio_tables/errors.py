@@ -13,6 +13,8 @@ __all__ = [
     "CommitFailed",
     "DeliveryFailed",
     "InvalidBrokerURL",
+    "KafkaClientError",
+    "KafkaClientIncompatible",
     "NoWindowTimestamp",
     "PartitionCountMismatch",
     "PartitionNotOwned",
@@ -74,6 +76,54 @@ class BrokerUnavailable(TrioTablesError):
         super().__init__(message)
         self.servers = servers
         self.timeout = timeout
+
+
+class KafkaClientError(TrioTablesError):
+    """A Kafka client reported an error that no more specific error of this module
+    describes (librdkafka's errors arrive as this; kafka-python's keep their own types).
+
+    ``retriable`` errors (the broker is away or busy) are retried with backoff for
+    ``reconnect_timeout`` seconds, then become :class:`BrokerUnavailable`; the others
+    reach the caller at once. ``client`` names the client (``"librdkafka"``),
+    ``operation`` the call that failed, ``code`` and ``name`` the client's error code.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: str,
+        operation: str,
+        code: int,
+        name: str,
+        detail: str,
+        retriable: bool,
+        hint: str,
+    ) -> None:
+        super().__init__(f"{client}: {operation} failed with {name} ({code}): {detail}. {hint}")
+        self.client = client
+        self.operation = operation
+        self.code = code
+        self.name = name
+        self.detail = detail
+        self.retriable = retriable
+
+
+class KafkaClientIncompatible(TrioTablesError, RuntimeError):
+    """The installed kafka-python lacks, or changed, a private part ("seam") that
+    trio_tables relies on to fix one of its bugs or to reach its IO loop. Checked once
+    when a Kafka transport opens, so the worker fails at start-up instead of silently
+    losing the fix."""
+
+    def __init__(self, version: str, seam: str, problem: str) -> None:
+        super().__init__(
+            f"kafka-python {version} is not compatible with trio_tables: {seam} {problem}. "
+            "trio_tables relies on this private part of kafka-python (see "
+            "docs/architecture.md, 'kafka-python seams'); install the kafka-python version "
+            "trio_tables declares (pip install 'kafka-python>=3.0.12,<3.1')"
+        )
+        self.version = version
+        self.seam = seam
+        self.problem = problem
 
 
 class UnknownTopic(TrioTablesError):

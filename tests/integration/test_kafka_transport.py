@@ -391,3 +391,27 @@ async def test_a_partition_assigned_again_is_never_fetched_from_its_old_position
         kafka_broker, fetch_client, with_the_start_unknown_once
     )
     assert offsets == list(range(5, 40))
+
+
+async def test_offsets_the_revocation_listener_returns_are_committed_on_the_io_loop(
+    kafka: Transport,
+) -> None:
+    """Seam ``KafkaConsumer._coordinator.commit_offsets_async``
+    (``_kafka_bridge.commit_on_io_loop``): a revocation runs on kafka-python's IO loop,
+    where the blocking ``commit()`` would deadlock; the offsets the listener returns are
+    committed there before the partitions are released (here: on leaving the group)."""
+    from tests.contract._helpers import RecordingListener, wait_for_assignment
+
+    topic, group = _unique("revoke"), _unique("g")
+    await kafka.create_topic(topic, 2)
+    everything = {TP(topic, 0), TP(topic, 1)}
+    async with kafka.open_producer() as producer:
+        await producer.send_batch(
+            [OutgoingRecord(topic, b"v", partition=p) for p in (0, 1) for _ in range(10)]
+        )
+        await producer.flush()
+    listener = RecordingListener(lambda revoked: {tp: 7 for tp in revoked})
+    async with kafka.open_group_consumer(group, [topic], listener=listener) as consumer:
+        await wait_for_assignment(consumer, everything)
+    assert ("revoked", frozenset(everything)) in listener.events
+    assert await kafka.group_offsets(group) == dict.fromkeys(everything, 7)

@@ -12,9 +12,18 @@ from trio_tables._transport._base import TP, Record
 from trio_tables._transport._kafka_consumer import _poll_and_convert
 
 
+class FakeFetcher:
+    """What ``_kafka_bridge.release_parked_records`` reads before each poll: nothing
+    parked."""
+
+    _paused_partition_records: dict[Any, Any] = {}
+    _next_partition_records = None
+
+
 class FakeConsumer:
     def __init__(self, batch: dict[TopicPartition, list[Any]]) -> None:
         self.batch = batch
+        self._fetcher = FakeFetcher()
 
     def poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
         return self.batch

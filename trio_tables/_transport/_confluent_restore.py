@@ -61,11 +61,15 @@ class ConfluentRestoreConsumer(_KafkaFetching):
         wanted = sorted(set(tps))
         if not wanted:
             return {}
-        return await self._owner.run(self._fetcher.low_watermarks, wanted)
+        return await self._retry.run(
+            "fetching beginning offsets",
+            lambda: self._owner.run(self._fetcher.low_watermarks, wanted),
+        )
 
     async def assign(self, tps: Iterable[TP]) -> None:
         """Replace the assignment: kept partitions keep their position, new ones start at
-        their beginning. Cancellation: one thread hop, so all or nothing."""
+        their beginning (asks the broker: retried while it is unreachable; a failed
+        attempt changes nothing). Cancellation: one thread hop, so all or nothing."""
         wanted = frozenset(tps)
         fetcher = self._fetcher
 
@@ -75,7 +79,7 @@ class ConfluentRestoreConsumer(_KafkaFetching):
             kept = {tp: fetcher.positions[tp] for tp in wanted if tp in fetcher.positions}
             fetcher.assign({**kept, **starts})
 
-        await self._owner.run(work)
+        await self._retry.run("assigning partitions", lambda: self._owner.run(work))
 
     def assignment(self) -> frozenset[TP]:
         return self._fetcher.assignment

@@ -42,6 +42,7 @@ from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
 from ._kafka_producer import KafkaTransportProducer
+from ._kafka_seams import check_kafka_python_seams
 from ._librdkafka import (
     REPLAY,
     STREAMING,
@@ -62,6 +63,28 @@ _UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
 @attrs.frozen(kw_only=True)
 class KafkaSettings:
     """Connection and client settings shared by every client of a Kafka transport.
+
+    Which client each field reaches (``attrs.fields(KafkaSettings).<name>.metadata
+    ["reaches"]`` says the same, and a test checks it against the configurations built):
+
+    ==========================================================  ==========================
+    field                                                       reaches
+    ==========================================================  ==========================
+    ``bootstrap_servers``, ``client_id``, ``connect_timeout``,  both clients (kafka-python
+    ``request_timeout_ms``, ``security_protocol``,              and librdkafka, translated
+    ``sasl_mechanism``, ``sasl_plain_username``,                to librdkafka's names)
+    ``sasl_plain_password``, ``ssl_cafile``, ``ssl_certfile``,
+    ``ssl_keyfile``, ``ssl_password``
+    ``session_timeout_ms``, ``heartbeat_interval_ms``,          kafka-python (the group
+    ``max_poll_interval_ms``                                    member)
+    ``end_transaction_timeout``                                 kafka-python (producer)
+    ``extra``                                                   kafka-python (every client
+                                                                that knows the setting)
+    ``confluent_config``                                        librdkafka
+    ``reconnect_timeout``, ``fetch_client``                     trio_tables itself (retries
+                                                                of calls on both clients;
+                                                                the choice of fetcher)
+    ==========================================================  ==========================
 
     The defaults suit a production cluster. Against the embedded Tansu broker use
     ``session_timeout_ms=6000, heartbeat_interval_ms=1000`` (Tansu holds each join round
@@ -85,31 +108,42 @@ class KafkaSettings:
     :class:`~trio_tables.errors.DeliveryFailed`.
     """
 
-    bootstrap_servers: str
-    client_id: str = "trio-tables"
-    connect_timeout: float = 10.0
-    reconnect_timeout: float = 60.0
-    request_timeout_ms: int = 30_000
-    session_timeout_ms: int = 45_000
-    heartbeat_interval_ms: int = 3_000
-    max_poll_interval_ms: int = 300_000
+    bootstrap_servers: str = attrs.field(metadata={"reaches": "both"})
+    client_id: str = attrs.field(default="trio-tables", metadata={"reaches": "both"})
+    connect_timeout: float = attrs.field(default=10.0, metadata={"reaches": "both"})
+    reconnect_timeout: float = attrs.field(default=60.0, metadata={"reaches": "trio_tables"})
+    request_timeout_ms: int = attrs.field(default=30_000, metadata={"reaches": "both"})
+    session_timeout_ms: int = attrs.field(default=45_000, metadata={"reaches": "kafka-python"})
+    heartbeat_interval_ms: int = attrs.field(default=3_000, metadata={"reaches": "kafka-python"})
+    max_poll_interval_ms: int = attrs.field(
+        default=300_000, metadata={"reaches": "kafka-python"}
+    )
     #: Seconds a transaction's commit or abort may take before the producer is given up
     #: (a broker may never answer a fenced producer).
-    end_transaction_timeout: float = 30.0
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = attrs.field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: str | None = attrs.field(default=None, repr=False)
-    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+    end_transaction_timeout: float = attrs.field(
+        default=30.0, metadata={"reaches": "kafka-python"}
+    )
+    security_protocol: str = attrs.field(default="PLAINTEXT", metadata={"reaches": "both"})
+    sasl_mechanism: str | None = attrs.field(default=None, metadata={"reaches": "both"})
+    sasl_plain_username: str | None = attrs.field(default=None, metadata={"reaches": "both"})
+    sasl_plain_password: str | None = attrs.field(
+        default=None, repr=False, metadata={"reaches": "both"}
+    )
+    ssl_cafile: str | None = attrs.field(default=None, metadata={"reaches": "both"})
+    ssl_certfile: str | None = attrs.field(default=None, metadata={"reaches": "both"})
+    ssl_keyfile: str | None = attrs.field(default=None, metadata={"reaches": "both"})
+    ssl_password: str | None = attrs.field(default=None, repr=False, metadata={"reaches": "both"})
+    extra: Mapping[str, Any] = attrs.field(
+        factory=dict, eq=False, hash=False, metadata={"reaches": "kafka-python"}
+    )
     fetch_client: Literal["kafka-python", "confluent-kafka"] = attrs.field(
         default="confluent-kafka",
         validator=attrs.validators.in_(("kafka-python", "confluent-kafka")),
+        metadata={"reaches": "trio_tables"},
     )
-    confluent_config: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+    confluent_config: Mapping[str, Any] = attrs.field(
+        factory=dict, eq=False, hash=False, metadata={"reaches": "librdkafka"}
+    )
 
     def for_client(self, client_class: Any, **specific: Any) -> dict[str, Any]:
         """kafka-python configuration for one client class: the shared settings it
@@ -516,10 +550,14 @@ async def open_kafka_transport(servers: str, **options: Any) -> AsyncIterator[Ka
 
     ``options`` are :class:`KafkaSettings` fields. Raises
     :class:`~trio_tables.errors.BrokerUnavailable` when no broker answers within
-    ``connect_timeout`` seconds.
+    ``connect_timeout`` seconds, and
+    :class:`~trio_tables.errors.KafkaClientIncompatible` (before connecting) when the
+    installed kafka-python lacks a private part trio_tables relies on
+    (:mod:`._kafka_seams`, checked once per process).
     """
     if not servers:
         raise ValueError("kafka:// URL without servers: use kafka://host:port")
+    check_kafka_python_seams()
     settings = KafkaSettings(bootstrap_servers=servers, **options)
     transport = KafkaTransport(settings, None)
     transport._admin = await transport._connect(

@@ -12,9 +12,12 @@ Rebalance listeners run on that loop; they hand work to Trio with
 ``TrioToken.run_sync_soon`` and wait on a kafka :class:`~kafka.future.Future` that Trio
 resolves. Resolving it from another thread needs the loop to be woken up, which is only
 reachable through private attributes: :func:`resolve_on_io_loop`,
-:func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records` and the group
-join fix :func:`keep_finished_join` are the only places that touch them (contract and
-integration tests pin the behaviour).
+:func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records`, the producer
+fixes :func:`track_topic` and :func:`end_transaction`, and the group join fixes
+:func:`keep_finished_join` and :func:`finish_join_round` are the only places that touch
+them. :mod:`._kafka_seams` checks every one of them once, when a Kafka transport opens
+(a missing or changed one is a typed error, never a silent fallback); one test per seam
+pins its behaviour.
 
 Threads: a client is called only from the worker thread of its :class:`ClientOwner`
 (one call at a time, holding the owner's limiter), or by kafka-python itself on its IO
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -42,6 +46,7 @@ __all__ = [
     "ClientOwner",
     "commit_on_io_loop",
     "end_transaction",
+    "finish_join_round",
     "keep_finished_join",
     "release_parked_records",
     "resolve_on_io_loop",
@@ -147,12 +152,12 @@ def release_parked_records(consumer: Any) -> None:
     batch's end, and a parked partition is never fetched again: it stalls for good
     (``test_resumed_partition_delivers_what_was_fetched_while_paused`` shows it). An
     exhausted slot means "nothing in line", so clearing it changes nothing else. Only
-    private attributes can do this: if they change, this does nothing.
+    private attributes can do this (checked at start-up by :mod:`._kafka_seams`).
     """
-    fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is None or not getattr(fetcher, "_paused_partition_records", None):
+    fetcher = consumer._fetcher
+    if not fetcher._paused_partition_records:
         return
-    current = getattr(fetcher, "_next_partition_records", None)
+    current = fetcher._next_partition_records
     if current is not None and not current:
         fetcher._next_partition_records = None
 
@@ -168,12 +173,10 @@ def track_topic(producer: Any, topic: str) -> None:
     "unknown leader" for good, the sender spins on metadata requests and the batch
     expires after ``delivery_timeout_ms`` (seen: exactly-once outputs never delivered).
     Tracking every topic sent to prevents it. ``Sender.add_topic`` is the producer's own
-    thread-safe way in (the sender thread adds the topic); if the private ``_sender``
-    is gone, this does nothing.
+    thread-safe way in (the sender thread adds the topic); the private ``_sender`` is
+    checked at start-up by :mod:`._kafka_seams`.
     """
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        sender.add_topic(topic)
+    producer._sender.add_topic(topic)
 
 
 def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
@@ -183,13 +186,13 @@ def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
     kafka-python waits for the coordinator's answer without a bound and retries a
     request whose connection was closed for ever; a broker that drops the connection
     instead of answering a fenced producer's EndTxn (Tansu does) would block the worker
-    for good. Only the private transaction manager and sender expose the wait.
+    for good. Only the private transaction manager and sender expose the wait (checked
+    at start-up by :mod:`._kafka_seams`).
     """
-    manager = getattr(producer, "_transaction_manager", None)
-    sender = getattr(producer, "_sender", None)
-    if manager is None or sender is None:  # private API changed: unbounded public call
-        (producer.commit_transaction if commit else producer.abort_transaction)()
-        return
+    manager = producer._transaction_manager
+    sender = producer._sender
+    if manager is None:
+        raise kafka_errors.IllegalStateError("the producer has no transactional_id")
     result = manager.begin_commit() if commit else manager.begin_abort()
     sender.wakeup()
     if not result.wait(timeout_ms=int(timeout * 1000)):
@@ -241,12 +244,10 @@ def keep_finished_join(consumer: Any) -> None:
     periods. Wrapped here, on the IO loop where the join runs: a successfully finished
     round is handed to the next poll as if it were still running, which then completes
     the join as usual (a failed one is left alone: the poll handles its error). Only
-    private attributes can do this: if they change, this does nothing.
+    private attributes can do this (checked at start-up by :mod:`._kafka_seams`).
     """
-    coordinator: Any = getattr(consumer, "_coordinator", None)
-    join = getattr(coordinator, "join_group_async", None)
-    if join is None or not hasattr(coordinator, "_join_task"):
-        return
+    coordinator: Any = consumer._coordinator
+    join = coordinator.join_group_async
 
     async def join_group_async(*args: Any, **kwargs: Any) -> Any:
         task = coordinator._join_task
@@ -261,3 +262,31 @@ def keep_finished_join(consumer: Any) -> None:
         return await join(*args, **kwargs)
 
     coordinator.join_group_async = join_group_async
+
+
+def finish_join_round(consumer: Any, timeout: float) -> bool:
+    """Before a group consumer leaves: wait at most ``timeout`` seconds for a
+    JoinGroup/SyncGroup round of its member that is in flight to end (blocking: run it
+    in the consumer's worker thread, right before ``close()``). Whether it waited.
+
+    A member that leaves while its join round is in progress can stay the group's
+    elected leader on Tansu (BROKER.md, deviation 7): every later SyncGroup then waits
+    forever and the group never assigns again. A member whose round ended leaves a
+    stable group, which every broker rebalances correctly. The round runs on the IO
+    thread by itself (no ``poll`` needed); its result is dropped (the listener is not
+    told of an assignment that the member gives up at once). Real Kafka does not need
+    the wait, and it costs at most one join round there. Private attributes (checked at
+    start-up by :mod:`._kafka_seams`).
+    """
+    task = consumer._coordinator._join_task
+    if task is None or task.is_done:
+        return False
+    ended = threading.Event()
+    # Callbacks are added on the IO loop, the thread that resolves the round.
+    consumer._net.call_soon_threadsafe(lambda: task.add_both(lambda _: ended.set()))
+    logger.info("stopping in the middle of a group join round: waiting for it to end")
+    if not ended.wait(timeout):
+        logger.warning(
+            "the group join round did not end within %.0fs: leaving the group anyway", timeout
+        )
+    return True

@@ -36,6 +36,7 @@ from ._base import TP, GroupMetadata, RebalanceListener, Record
 from ._kafka_bridge import (
     ClientOwner,
     commit_on_io_loop,
+    finish_join_round,
     from_kafka_tp,
     keep_finished_join,
     release_parked_records,
@@ -475,6 +476,14 @@ class KafkaGroupConsumer(_KafkaFetching):
         for tp in [tp for tp in batch if tp not in owned or tp in fresh]:
             del batch[tp]
         return batch
+
+    def _close_client(self) -> None:
+        """(Worker thread) Leave the group and close: after the member's join round in
+        flight, if any, ended (at most ``session_timeout_ms``, :func:`finish_join_round`);
+        revocations reach the listener (this nursery serves it until the close ends)."""
+        session_timeout = self._consumer.config["session_timeout_ms"] / 1000
+        finish_join_round(self._consumer, session_timeout)
+        super()._close_client()
 
     def _after_poll(self) -> None:
         if self._listener_errors:

@@ -35,8 +35,9 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import UnknownTopic
+from ..errors import KafkaClientError
 from ._base import TP, Record
+from ._librdkafka_errors import librdkafka_call, translate_error
 
 __all__ = [
     "REPLAY",
@@ -113,6 +114,7 @@ def librdkafka_config(
     return config
 
 
+@librdkafka_call("creating the consumer")
 def new_librdkafka_consumer(config: Mapping[str, Any]) -> Any:
     """A confluent-kafka ``Consumer``; ``ImportError`` saying what to do if it is missing."""
     try:
@@ -176,6 +178,7 @@ class LibrdkafkaFetcher:
                 self._stale = True
 
     # -- reads -------------------------------------------------------------------------
+    @librdkafka_call("position")
     def position(self, tp: TP) -> int:
         """The next offset handed out for ``tp``; past trailing transaction markers once a
         fetch reached them (librdkafka skips them without returning anything)."""
@@ -188,6 +191,7 @@ class LibrdkafkaFetcher:
         theirs = int(found.offset)
         return ours if theirs == _INVALID_OFFSET else max(ours, theirs)
 
+    @librdkafka_call("fetching beginning offsets")
     def low_watermarks(self, tps: Iterable[TP]) -> dict[TP, int]:
         """Each partition's first offset (asks the broker)."""
         ctp = self._ctp
@@ -200,6 +204,7 @@ class LibrdkafkaFetcher:
             for tp in tps
         }
 
+    @librdkafka_call("fetch")
     def fetch(self, timeout: float, max_records: int) -> Batch:
         """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the
         first one; positions move past what is returned."""
@@ -218,6 +223,7 @@ class LibrdkafkaFetcher:
                 messages.extend(consumer.consume(num_messages=max_records - 1, timeout=0))
         return self._convert(messages)
 
+    @librdkafka_call("close")
     def close(self) -> None:
         self.consumer.close()
 
@@ -282,16 +288,9 @@ class LibrdkafkaFetcher:
 
 
 def _raise_or_log(error: Any, topic: str | None) -> None:
-    from confluent_kafka import KafkaError, KafkaException
-
-    if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-        raise UnknownTopic(topic or error.str())
-    if error.retriable() or error.code() in (
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._TIMED_OUT,
-    ):
+    typed = translate_error(error, "fetch", topic=topic)
+    if isinstance(typed, KafkaClientError) and typed.retriable:
         # librdkafka reconnects by itself; fetching resumes where it stopped.
         logger.warning("librdkafka fetch: %s (librdkafka retries)", error.str())
         return
-    raise KafkaException(error)
+    raise typed

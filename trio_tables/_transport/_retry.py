@@ -1,9 +1,9 @@
 """Bounded retries of Kafka calls while the broker is unreachable.
 
-kafka-python reconnects by itself, but a call made while no broker answers (a commit, a
-committed-offsets fetch, a metadata or end-offset request) fails with a *retriable*
-error (connection refused, timeout, coordinator not available). :class:`RetryPolicy`
-retries such calls with exponential backoff, logging each attempt, for at most
+kafka-python and librdkafka reconnect by themselves, but a call made while no broker
+answers (a commit, a committed-offsets fetch, a metadata or end-offset request) fails
+with a *retriable* error (connection refused, timeout, coordinator not available).
+:class:`RetryPolicy` retries such calls with exponential backoff, logging each attempt, for at most
 ``timeout`` seconds; then it raises :class:`~trio_tables.errors.BrokerUnavailable`.
 Errors that are not retriable (a rejected commit, an unknown topic) pass at once.
 """
@@ -18,7 +18,7 @@ import attrs
 import trio
 from kafka import errors as kafka_errors
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, KafkaClientError
 
 __all__ = ["RetryPolicy", "is_retriable"]
 
@@ -28,7 +28,11 @@ T = TypeVar("T")
 
 
 def is_retriable(exc: BaseException) -> bool:
-    """Whether ``exc`` says "try again later" (the broker is away or busy)."""
+    """Whether ``exc`` says "try again later" (the broker is away or busy): a retriable
+    kafka-python error, or a retriable librdkafka error (translated to
+    :class:`~trio_tables.errors.KafkaClientError` by :mod:`._librdkafka_errors`)."""
+    if isinstance(exc, KafkaClientError):
+        return exc.retriable
     return isinstance(exc, kafka_errors.KafkaError) and bool(getattr(exc, "retriable", False))
 
 

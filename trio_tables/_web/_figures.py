@@ -133,7 +133,9 @@ class Figures:
                     "processed": processed,
                     "committed": committed,
                     "end": end,
-                    "lag": None if end is None or position is None else max(end - position, 0),
+                    # Nothing processed or committed yet: the group starts at the
+                    # beginning (auto_offset_reset="earliest").
+                    "lag": None if end is None else max(end - (position or 0), 0),
                     "events_processed": advanced.get(tp, 0),
                 }
             )

@@ -208,3 +208,37 @@ async def test_cancelling_serve_web_stops_the_server() -> None:
         assert manager.web_url is None
         with pytest.raises(HttpError):
             await get(f"{url}/status")
+
+
+async def test_top_shows_each_worker_and_one_that_does_not_answer() -> None:
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from trio_tables._cli._top import run_top
+
+    url = await _broker([(f"k{i % 3}", i) for i in range(40)])
+    async with _worker(url) as manager:
+        counts = manager.Table("counts", default=int, key_type=str, value_type=int)
+        async with manager.stream("words", key_type=str) as events:
+            seen = 0
+            async for event in events:
+                counts[event.key] += 1
+                seen += 1
+                if seen == 40:
+                    events.ack()
+                    break
+            with trio.socket.socket() as unused:  # a port nobody listens on
+                await unused.bind(("127.0.0.1", 0))
+                dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+            out = io.StringIO()
+            args = argparse.Namespace(url=[manager.web_url, dead], interval=1.0, once=True)
+            code = await run_top(args, Console(file=out, width=120), Console(file=io.StringIO()))
+    assert code == 0
+    text = out.getvalue()
+    assert "webapp @ 127.0.0.1:" in text
+    assert "events 40" in text
+    for p in range(PARTITIONS):
+        assert f"words[{p}]" in text
+    assert f"{dead}: not answering" in text

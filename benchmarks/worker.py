@@ -11,6 +11,11 @@ window    the windowed variant: ``Table(...).tumbling(10.0)``, ``hits[key] += 1`
           (skipped with a message if windowed tables are not available)
 big       1M-key table on sqlite: ``big[key] += 1`` over a topic of distinct keys
 
+With ``TRIO_TABLES_BENCH_METRICS=1`` in the environment the worker serves its HTTP
+endpoint (``web_port=0``) and scrapes its own ``/metrics`` and ``/status`` every second
+while it runs: the cost of metrics as a Prometheus server and ``trio-tables top`` would
+add it (compare runs with and without).
+
 Source values are read raw (the count does not look at them; the baseline and the faust
 peer do not decode them either). Every phase checks the table against the expected counts
 and exits with status 1 (after printing its result) if it differs. Prints ``RESULT {json}``.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -55,6 +61,22 @@ class TimedManager(TableManager):
         if not self.recovered_at:
             self.recovered_at = time.perf_counter()
 
+    async def on_start(self) -> None:
+        if self.web_url is not None and self._nursery is not None:
+            self._nursery.start_soon(self._scrape, self.web_url)
+
+    async def _scrape(self, url: str) -> None:
+        from trio_tables._web._client import get
+
+        while True:
+            await trio.sleep(1.0)
+            for path in ("/metrics", "/status"):
+                response = await get(url + path)
+                assert response.status == 200, response
+
+
+METRICS = os.environ.get("TRIO_TABLES_BENCH_METRICS") == "1"
+
 
 def manager(args: argparse.Namespace) -> TimedManager:
     options = dict(KAFKA_SETTINGS)
@@ -65,6 +87,9 @@ def manager(args: argparse.Namespace) -> TimedManager:
         store=args.store,
         coalesce_changelog=args.coalesce == "on",
         transport_options=options,
+        web_port=0 if METRICS else None,
+        web_host="127.0.0.1",
+        advertised_host="127.0.0.1",
     )
 
 

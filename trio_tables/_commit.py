@@ -41,6 +41,7 @@ import trio
 
 from ._flow import StreamFlow
 from ._ledger import PartitionLedger
+from ._metrics import CycleMetrics
 from ._table import Collection
 from ._transport._base import TP, Delivery, OutgoingRecord, Producer
 from .errors import CommitFailed
@@ -178,6 +179,8 @@ class CommitCycle:
         self.commit_timeout = commit_timeout
         self._app_id = app_id
         self.lock = trio.Lock()
+        # Counted once per cycle (metrics; see _metrics.py).
+        self.metrics = CycleMetrics()
         # Test seam: awaited (shielded) between taking the changes and delivering them.
         self.before_delivery: Callable[[], Awaitable[None]] | None = None
 
@@ -189,6 +192,7 @@ class CommitCycle:
         if self._health.failing():
             return CycleResult()
         grace = self.event_grace if grace is None else grace
+        started = trio.current_time()
         included = self._ledger.ready | releasing
         for table in list(self._tables.values()):
             # Windows closed now are committed with the changes that closed them (in the
@@ -207,13 +211,18 @@ class CommitCycle:
                 (table, table.take_changes(busy)[0]) for table in self._tables.values()
             ]
             done = self._flow.changes_taken()
+            failed = True
             try:
                 if not self.strategy.holds_streams:
                     with trio.CancelScope(shield=True):
                         await hold.aclose()
                 await self._deliver_and_persist(taken, snapshot, offsets)
+                failed = False
             finally:
                 self._flow.cycle_over(done)
+                self.metrics.cycle_done(trio.current_time() - started, failed=failed)
+            for table, records in taken:
+                self.metrics.records_sent(table.name, len(records))
         if self.strategy.commits_offsets:
             self._ledger.record_committed(offsets)
         return CycleResult(snapshot, offsets, busy)

@@ -94,7 +94,7 @@ class StreamFlow:
     def changes_taken(self) -> trio.Event:
         """A commit cycle took the tables' changes and now sends them: the backlog
         counts from here. Set the returned event when the cycle is over."""
-        self.ledger.events_since_take = 0
+        self.ledger.changes_taken()
         done = self._cycle_done = trio.Event()
         return done
 

@@ -128,6 +128,7 @@ class GroupMembership:
                         if stream is None or stream.closed or not records:
                             continue
                         stream.feed(tp.partition, list(records))
+                        self._ledger.fed(tp, records[0].offset)
                         if stream.buffered(tp.partition) >= stream.buffer_size:
                             self._flow.to_pause.add(tp)
                 # Leaving the block revokes everything through the listener, which

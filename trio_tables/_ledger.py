@@ -32,12 +32,45 @@ class PartitionLedger:
         # Events finished since the last commit cycle took its changes (the backlog a
         # cycle in flight may let build up, see StreamFlow).
         self.events_since_take = 0
+        # Counted per commit cycle, not per event (metrics): events finished before the
+        # last take; per partition, the first offset fed to the streams since it was
+        # assigned here (set per polled batch) and the offsets processed under earlier
+        # assignments.
+        self.events_before_take = 0
+        self.first_fed: dict[TP, int] = {}
+        self.advanced_before: dict[TP, int] = {}
 
     def event_processed(self, tp: TP, offset: int) -> None:
         """The event at ``offset`` of ``tp`` is finished: ``offset + 1`` may be
         committed once its effects are persisted."""
         self.processed[tp] = offset + 1
         self.events_since_take += 1
+
+    def events_processed(self) -> int:
+        """Events finished by this worker since it started (skipped undecodable records
+        included)."""
+        return self.events_before_take + self.events_since_take
+
+    def changes_taken(self) -> None:
+        """A commit cycle took the tables' changes: the backlog counts from here."""
+        self.events_before_take += self.events_since_take
+        self.events_since_take = 0
+
+    def fed(self, tp: TP, first_offset: int) -> None:
+        """A polled batch of ``tp`` starting at ``first_offset`` went to a stream."""
+        if tp not in self.first_fed:
+            self.first_fed[tp] = first_offset
+
+    def offsets_advanced(self) -> dict[TP, int]:
+        """Per source partition, how far this worker's processing moved its offset since
+        it started (over every assignment of it): the events processed there, plus the
+        offsets of transaction markers in between."""
+        advanced = dict(self.advanced_before)
+        for tp, first in self.first_fed.items():
+            processed = self.processed.get(tp)
+            if processed is not None and processed > first:
+                advanced[tp] = advanced.get(tp, 0) + processed - first
+        return advanced
 
     def snapshot(self, included: Iterable[int], busy: frozenset[int]) -> dict[TP, int]:
         """The processed offsets of the partitions numbered in ``included`` whose event
@@ -82,6 +115,12 @@ class PartitionLedger:
     def forget(self, partitions: frozenset[int]) -> None:
         """``partitions`` left this worker: drop everything known about them."""
         self.ready -= partitions
+        leaving = [(tp, f) for tp, f in self.first_fed.items() if tp.partition in partitions]
+        for tp, first in leaving:
+            processed = self.processed.get(tp)
+            if processed is not None and processed > first:
+                self.advanced_before[tp] = self.advanced_before.get(tp, 0) + processed - first
+            del self.first_fed[tp]
         for table in (self.processed, self.committed):
             for tp in [tp for tp in table if tp.partition in partitions]:
                 del table[tp]

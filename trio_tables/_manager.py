@@ -27,6 +27,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from ._codecs import JsonCodec, resolve_codec
 from ._core import build_core
 from ._hooks import ManagerHooks
 from ._partitioner import key_bytes
+from ._serving import ManagerWeb
 from ._signals import StopControl
 from ._status import ManagerStatus
 from ._stream import DecodeErrorPolicy, Stream, current_event
@@ -57,6 +59,7 @@ from ._transport._base import (
     RebalanceProtocol,
     Transport,
 )
+from ._web import load as load_web
 
 __all__ = ["TableManager"]
 
@@ -80,7 +83,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
     return leaves[0] if len(leaves) == 1 else None
 
 
-class TableManager(ManagerStatus, ManagerHooks):
+class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
     """Owns an application's tables, its consumer group membership and its commits.
 
     ``async with TableManager(app_id, broker=..., store=...) as manager:`` connects,
@@ -113,6 +116,10 @@ class TableManager(ManagerStatus, ManagerHooks):
     :class:`~trio_tables.errors.WorkerFenced` when a newer instance took over). Give each
     worker a stable ``worker_id`` (its transactional id is ``"{app_id}-{worker_id}"``) so
     that a restarted worker fences its predecessor and aborts what it left open at once.
+
+    ``web_port=PORT`` serves the worker's HTTP endpoint (metrics, status, table queries
+    from any worker; the ``web`` extra) on ``web_host:PORT`` for the block's lifetime,
+    as :meth:`serve_web` does; ``0`` picks a free port (see :attr:`web_url`).
     """
 
     # Events processed past a commit cycle in flight before streams wait for it.
@@ -140,6 +147,8 @@ class TableManager(ManagerStatus, ManagerHooks):
         transport_options: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
         handle_signals: bool = False,
+        web_port: int | None = None,
+        web_host: str = "0.0.0.0",
     ) -> None:
         if processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError(
@@ -164,6 +173,8 @@ class TableManager(ManagerStatus, ManagerHooks):
         self.transport_options = dict(transport_options or {})
         self.handle_signals = handle_signals
         self.advertised_host = advertised_host
+        self.web_port = web_port
+        self.web_host = web_host
         self.logger = logger
         # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
         # stable worker_id lets a restarted worker fence its zombie at once (and abort
@@ -217,6 +228,8 @@ class TableManager(ManagerStatus, ManagerHooks):
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> TableManager:
+        if self.web_port is not None:
+            load_web()  # MissingExtra before anything is opened
         stack = AsyncExitStack()
         try:
             stack.enter_context(self._stopper.running(handle_signals=self.handle_signals))
@@ -242,6 +255,16 @@ class TableManager(ManagerStatus, ManagerHooks):
         self._stopper.start(self._nursery)
         for table in self.tables.values():
             self._nursery.start_soon(self._start_table, table)
+        if self.web_port is not None:
+            try:
+                await self._nursery.start(
+                    partial(self.serve_web, self.web_port, host=self.web_host)
+                )
+            except BaseException as exc:  # e.g. the port is taken: close what was opened
+                self._health.fail()
+                self._nursery.cancel_scope.cancel()
+                await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         await self.on_start()
         return self
 

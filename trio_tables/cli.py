@@ -9,7 +9,9 @@ Commands (``trio-tables COMMAND --help`` describes each):
   and lag;
 * ``show TABLE``: a table rebuilt from its changelog, printed as a terminal table;
 * ``recover``: an app's tables rebuilt from their changelogs with progress bars, and
-  how long that took.
+  how long that took;
+* ``top --url http://worker:port``: a live view of running workers through their HTTP
+  endpoints (partitions, lag, events/s, recovery bars, standbys).
 
 ``tables``, ``show`` and ``recover`` join no consumer group: running workers see no
 rebalance. Exit codes: 0 success, 1 failure, 2 usage error, unreachable broker, unknown
@@ -28,7 +30,7 @@ import trio
 from rich.console import Console
 
 from . import __version__
-from ._cli import _broker, _demo, _inspect
+from ._cli import _broker, _demo, _inspect, _top
 from ._cli._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -53,6 +55,7 @@ RUNNERS: dict[str, Runner] = {
     "tables": _inspect.run_tables,
     "show": _inspect.run_show,
     "recover": _inspect.run_recover,
+    "top": _top.run_top,
 }
 
 
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     _demo.add_parser(commands)
     _broker.add_parser(commands)
     _inspect.add_parsers(commands)
+    _top.add_parser(commands)
     return parser
 
 

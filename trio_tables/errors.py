@@ -15,6 +15,7 @@ __all__ = [
     "InvalidBrokerURL",
     "KafkaClientError",
     "KafkaClientIncompatible",
+    "MissingExtra",
     "NoWindowTimestamp",
     "PartitionCountMismatch",
     "PartitionNotOwned",
@@ -352,3 +353,15 @@ class RecoveryFailed(TrioTablesError):
         self.table = table
         self.partitions = partitions
         self.cause = cause
+
+
+class MissingExtra(TrioTablesError, ImportError):
+    """A feature needs packages of an optional extra that are not installed."""
+
+    def __init__(self, extra: str, module: str, feature: str) -> None:
+        super().__init__(
+            f"{feature} needs the {extra!r} extra (module {module!r} is not installed): "
+            f"pip install 'trio-tables[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module

@@ -89,7 +89,9 @@ def test_demo_rejects_an_unknown_url_scheme(capsys: pytest.CaptureFixture[str]) 
     assert "unsupported broker URL" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["broker"], ["tables"], ["show"], ["recover"]])
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["broker"], ["tables"], ["show"], ["recover"], ["top"]]
+)
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

@@ -62,6 +62,8 @@ class Worker:
         commit_interval: float | None = None,
         handle_signals: bool = False,
         broker_url: str | None = None,
+        web: bool = False,
+        event_delay: float = 0.0,
     ) -> None:
         self.name = name
         self.dump_path = workdir / f"{name}.json"
@@ -83,6 +85,10 @@ class Worker:
             self.command += ["--commit-interval", str(commit_interval)]
         if handle_signals:
             self.command += ["--handle-signals"]
+        if web:
+            self.command += ["--web"]
+        if event_delay:
+            self.command += ["--event-delay", str(event_delay)]
         for option, value in (transport_options or {}).items():
             self.command += ["--transport-option", f"{option}={json.dumps(value)}"]
         self.lines: list[str] = []

@@ -17,6 +17,10 @@ test can ``kill -9`` it exactly there:
   (``HOLDING commit``) until the worker receives SIGUSR2, then commits (the test stops
   the broker meanwhile);
 
+``--web`` serves the worker's HTTP endpoint on a free port of 127.0.0.1 (``WEB <url>``
+on stdout); ``--event-delay S`` sleeps S seconds per event (a slow consumer, so that
+lag can be seen building up and draining).
+
 With ``COUNTER_APP_TRACE`` set in its environment it writes an event log to
 ``<dump>.trace``, one line per event, each written through to the file at once (so a
 ``kill -9`` leaves a complete prefix): ``assigned <generation> <partitions as JSON>``
@@ -127,6 +131,9 @@ async def main(args: argparse.Namespace) -> None:
         processing_guarantee=args.guarantee,
         worker_id=args.worker_id,
         handle_signals=args.handle_signals,
+        web_port=0 if args.web else None,
+        web_host="127.0.0.1",
+        advertised_host="127.0.0.1",
     )
     manager.kill_point = args.kill_point
     restored = 0
@@ -140,6 +147,8 @@ async def main(args: argparse.Namespace) -> None:
         return None
 
     async with manager:
+        if manager.web_url is not None:
+            say("WEB", manager.web_url)
         counts = TracedTable(
             manager,
             "counts",
@@ -177,6 +186,8 @@ async def main(args: argparse.Namespace) -> None:
                     async for event in events:
                         counts[event.key] += 1
                         trace("processed", event.partition, event.offset, event.key)
+                        if args.event_delay:
+                            await trio.sleep(args.event_delay)
                     stop.set()  # the manager ended the stream (handle_signals)
 
                 async with trio.open_nursery() as processing:
@@ -212,6 +223,8 @@ if __name__ == "__main__":
     parser.add_argument("--guarantee", default="at_least_once")
     parser.add_argument("--worker-id", default=None)
     parser.add_argument("--handle-signals", action="store_true")
+    parser.add_argument("--web", action="store_true")
+    parser.add_argument("--event-delay", type=float, default=0.0)
     parser.add_argument(
         "--transport-option",
         type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),

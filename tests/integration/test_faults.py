@@ -108,6 +108,14 @@ class Feeder:
             with trio.move_on_after(0.1):  # the feed's pace
                 await self.stop.wait()
 
+    async def halt(self) -> None:
+        """Stop feeding and wait until the batch in flight (if any) was acknowledged:
+        after this, ``produced`` is final and nothing more reaches the topic. (Setting
+        ``stop`` alone let a last batch land after the workers were found caught up.)"""
+        self.stop.set()
+        async with self.lock:
+            pass
+
 
 async def test_crash_loop_kill_9_at_random_points_keeps_the_table_exact(
     kafka_broker: Any,
@@ -160,7 +168,7 @@ async def test_crash_loop_kill_9_at_random_points_keeps_the_table_exact(
                     f"kill -9 {number + 1}/{kills}: {w.name} {delay:.1f}s {when}; "
                     f"{len(feeder.produced):,} records produced"
                 )
-            feeder.stop.set()
+            await feeder.halt()
             last = worker("last")
             await last.start(nursery)
             progress("a last worker processes the rest")
@@ -277,7 +285,7 @@ async def test_worker_rides_out_a_broker_kill_9_and_restart(
                             await trio.sleep(outage)  # the outage itself
                             broker = await trio.to_thread.run_sync(start, broker.port)
                         w.check_alive()
-                    feeder.stop.set()
+                    await feeder.halt()
                     await wait_caught_up(broker, app, topic, PARTITIONS, [w])
                     ends = await end_offsets(broker, topic, PARTITIONS)
                     w.terminate()
@@ -403,7 +411,7 @@ async def test_rebalance_storm_keeps_tables_exact_and_never_processes_unrecovere
                     alive.append(w)
                     changes.append(f"+{w.name}")
                 progress(f"storm: {changes[-1]}, {len(alive)} alive")
-            feeder.stop.set()
+            await feeder.halt()
             await wait_caught_up(kafka_broker, app, topic, PARTITIONS, alive)
             ends = await end_offsets(kafka_broker, topic, PARTITIONS)
             for w in alive:

@@ -222,3 +222,27 @@ async def test_batch_context_helpers_and_bad_arguments() -> None:
             ):
                 pass
             assert counts[batch[0].key] == 1
+
+
+async def test_a_stop_while_collecting_ends_the_loop_and_commits_none_of_the_collection() -> None:
+    url, app = _url(), "app"
+    await _produce(url, _keys(20))
+    handed_out: list[Batch] = []
+    async with (
+        TableManager(app, broker=url, commit_interval=3600) as manager,
+        manager.stream("src", key_type=str) as events,
+    ):
+        await manager.wait_until_recovered()
+
+        async def collect() -> None:
+            async for batch in events.take(1000, within=600):
+                handed_out.append(batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            await trio.testing.wait_all_tasks_blocked()
+            events.stop()  # what a SIGTERM does with handle_signals=True
+        assert handed_out == []  # the loop ended without handing the collection out
+        assert sum(events.buffered(p) for p in range(PARTITIONS)) == 20  # all back
+    # Leaving the stream committed what was processed: none of the collected events.
+    assert await _group_offsets(url, app) == {}

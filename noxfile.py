@@ -70,7 +70,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=None)
 def bench(session: nox.Session) -> None:
     """trio_tables vs the raw kafka-python loop on the peers' workload, on the embedded
-    broker; ``-- --peers`` adds faust-streaming and quixstreams (``-- --help``)."""
+    broker; ``-- --peers`` adds faust-streaming and quixstreams (same group timeouts, and
+    each at its defaults), ``-- --soak`` runs the soak instead (``-- --help``)."""
     _install(session, "-e", ".[broker]", what="trio-tables and the Tansu broker")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 

@@ -11,11 +11,22 @@ memory-raw-cl   trio_tables, coalescing off (one changelog record per update, li
                 baseline): process, recover; its recovery is the like-for-like records/s
                 (changelog replay on librdkafka, the default); recover-kafka-python: the
                 same with ``fetch_client="kafka-python"``
+memory-take     the word count through ``stream.take(--take, within=0.1)``: process
 sqlite          trio_tables, sqlite store: process, restart on the same files after the
                 clean stop (records replayed), recover into empty files
 window          tumbling 10 s windows (skipped until windowed tables exist)
 big             a 1,000,000-key table on sqlite (``--big-keys``): build, recover
-quix, faust     with ``--peers``: the peers' own scripts in venvs of their own
+quix, faust     with ``--peers``: the peers' own scripts in venvs of their own, with the
+                same group timeouts as ours, plus quixstreams' windowed and unique-key
+                counts and every system's start at default settings (``peer_runs.py``)
+
+Every row says which client reads and which produces, and the CPU per event (or
+replayed record) of the whole process over all its threads (the phase's process
+measured by the driver: ``RUSAGE_CHILDREN``, start-up and checks included), for every
+system alike; trio_tables' rows also give the CPU from first to last event.
+
+``--soak`` runs the soak instead (``soak.py``: a long word count with a worker joining
+or leaving every ``--soak-interval`` s; not in CI).
 
 Prints one table of all runs, then the ratios trio_tables / baseline (and / quixstreams)
 with the targets of the benchmark issue, and writes everything as JSON (``--json``).
@@ -33,6 +44,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -42,8 +54,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import soak
 import trio
+import worker
 import workload
+from peer_runs import CLIENTS, PEER_SUITES, group_env, run_peers, state_file
 from rich.console import Console
 from rich.table import Table
 
@@ -53,15 +68,10 @@ from trio_tables._transport._url import split_kafka_url
 from trio_tables.testing import open_embedded_broker
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("baseline", "memory", "memory-raw-cl", "sqlite", "window", "big")
-PEER_SUITES = ("quix", "faust")
+SUITES = ("baseline", "memory", "memory-raw-cl", "memory-take", "sqlite", "window", "big")
 KAFKA_SETTINGS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 KAFKA_PYTHON_FETCH = {"fetch_client": "kafka-python"}
-PEER_PACKAGES = {
-    "quix": ["quixstreams", "psutil"],
-    "faust": ["faust-streaming", "rocksdict", "kafka-python", "psutil"],
-}
-console = Console(width=max(Console().width, 150))
+console = Console(width=max(Console().width, 170))
 
 
 async def prefill(bootstrap: str, topic: str, partitions: int, keys: Sequence[str]) -> int:
@@ -99,6 +109,7 @@ class Runner:
         console.print(f"[dim]{time.strftime('%H:%M:%S')} {label} ...[/dim]")
         log = self.logs / f"{suite}-{phase}.log"
         started = time.perf_counter()
+        cpu_before = children_cpu_s()
         with trio.move_on_after(self.args.timeout) as scope:
             proc = await trio.run_process(
                 argv,
@@ -119,6 +130,19 @@ class Runner:
             if proc.returncode != 0 or result is None:
                 row.setdefault("error", f"exit status {proc.returncode}")
         row["wall_s"] = time.perf_counter() - started
+        if not scope.cancelled_caught:
+            row["cpu_s_all"] = children_cpu_s() - cpu_before
+            count = (
+                row.get("events")
+                or row.get("replayed")
+                or row.get("changelog_records_replayed")  # quixstreams' recovery
+                or row.get("changelog_records")
+            )
+            if count:
+                row["cpu_us_all"] = row["cpu_s_all"] / count * 1e6
+        if suite in CLIENTS:
+            row.setdefault("reads", CLIENTS[suite][0])
+            row.setdefault("produces", CLIENTS[suite][1])
         if "error" in row or row.get("correct") is False:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             console.print(f"[red]{label} FAILED: {row.get('error', 'wrong table')}[/red]\n{tail}")
@@ -205,6 +229,23 @@ class Runner:
                         kafka_settings=json.dumps(settings),
                     )
                     await self.phase(suite, "recover-kafka-python", argv)
+        if "memory-take" in suites:
+            argv = self.worker(
+                "count",
+                "process",
+                records=n,
+                topic=topic,
+                app=f"bench-take-{uid}",
+                take=str(args.take),
+            )
+            await self.phase("memory-take", "process", argv)
+        if args.peers and "memory" in suites:
+            # Start to first event at the library's default group timeouts (the peers
+            # get the same row).
+            argv = self.worker(
+                "count", "process", records=n, topic=topic, app=f"bench-defaults-{uid}"
+            )
+            await self.phase("memory", "process-defaults", [*argv, "--library-defaults"])
         if "sqlite" in suites:
             app = f"bench-sqlite-{uid}"
             kept, fresh = self.work / "sqlite-a", self.work / "sqlite-b"
@@ -227,6 +268,7 @@ class Runner:
                 base_ts_ms=str(base),
             )
             await self.phase("window", "process", argv)
+        big_topic = None
         if "big" in suites and args.big_keys:
             big_topic = f"bench-keys-{uuid.uuid4().hex[:8]}"
             console.print(f"filling {big_topic}: {args.big_keys:,} distinct keys")
@@ -248,42 +290,39 @@ class Runner:
                 )
                 await self.phase("big", phase, argv)
         if args.peers:
-            await self.run_peers(topic, base, uid)
+            await self.run_peers(topic, base, uid, big_topic)
 
-    async def run_peers(self, topic: str, base: int, uid: str) -> None:
-        """quixstreams and faust-streaming with the peer study's own scripts, each in a
-        venv of its own (built once), on the same broker and source topic."""
+    async def run_peers(self, topic: str, base: int, uid: str, big_topic: str | None) -> None:
+        """The peers' rows (``peer_runs.py``) on the same broker and source topics, with
+        the same group timeouts as our workers."""
         args = self.args
-        peers_dir = Path(args.peers_dir)
         state = self.work / "peer-state"
         state.mkdir(exist_ok=True)
-        # The peers' scripts read the base timestamp of the topic from here.
-        (state / f"{topic}.json").write_text(json.dumps({"topic": topic, "base_ts_ms": base}))
+        state_file(state, topic, base)
         env = {
             "BENCH_BOOTSTRAP": self.bootstrap,
             "BENCH_STATE": str(state),
             "BENCH_N": str(args.records),
             "BENCH_PARTITIONS": str(args.partitions),
         }
-        for peer in PEER_SUITES:
-            python = peers_dir / peer / "bin" / "python"
-            if not python.exists():
-                console.print(f"building the {peer} venv in {python.parent.parent} (once)")
-                await trio.run_process([sys.executable, "-m", "venv", str(python.parent.parent)])
-                await trio.run_process(
-                    [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[peer]]
-                )
-            script = str(HERE / "peers" / f"{peer}_bench.py")
-            extra = ["--store", "memory"] if peer == "faust" else []
-            run = f"{peer[0]}{uid}"
-            for mode in ("process", "recover"):
-                row = await self.phase(
-                    peer,
-                    mode,
-                    [str(python), script, mode, "--run", run, "--topic", topic, *extra],
-                    env=env,
-                )
-                normalise_peer(row)
+        ours = {**worker.KAFKA_SETTINGS, **json.loads(args.kafka_settings)}
+        await run_peers(
+            self,
+            peers_dir=Path(args.peers_dir),
+            env=env,
+            group=group_env(ours),
+            topic=topic,
+            uid=uid,
+            big_topic=big_topic,
+            big_keys=args.big_keys,
+            console=console,
+        )
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system, every thread) of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def last_result(output: bytes) -> dict[str, Any] | None:
@@ -291,17 +330,6 @@ def last_result(output: bytes) -> dict[str, Any] | None:
     timestamp prefix; the others print it at the start of a stdout line)."""
     found = re.findall(rb"RESULT (\{.*\})", output)
     return json.loads(found[-1]) if found else None
-
-
-def normalise_peer(row: dict[str, Any]) -> None:
-    """Map the peer scripts' result names onto ours."""
-    if row["phase"] == "process":
-        row["events_per_s"] = row.get("eps")
-        row["startup_s"] = row.get("startup_to_first_event_s")
-    else:
-        row["records_per_s"] = row.get("eps")
-        row["replayed"] = row.get("changelog_records_replayed", row.get("changelog_records"))
-        row["startup_s"] = row.get("recover_s_from_process_start")
 
 
 def find(results: list[dict[str, Any]], suite: str, phase: str) -> dict[str, Any]:
@@ -373,11 +401,69 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             300,
             False,
         )
+    check(
+        "for comparison: word count via take() / per event (memory store)",
+        ratio(
+            get("memory-take", "process", "events_per_s"), get("memory", "process", "events_per_s")
+        ),
+        None,
+    )
+    issue18(get, check)
     return checks
+
+
+def issue18(get: Any, check: Any) -> None:
+    """The targets of the second speed issue (18) that this run measured."""
+    raw_eps = get("baseline", "process", "events_per_s")
+    quix_eps = get("quix", "process", "events_per_s")
+    for suite in ("memory", "sqlite"):
+        eps = get(suite, "process", "events_per_s")
+        check(f"[18] {suite}: events/s / baseline >= 2.5", ratio(eps, raw_eps), 2.5)
+        if quix_eps is not None:
+            check(f"[18] {suite}: events/s / quixstreams >= 2.0", ratio(eps, quix_eps), 2.0)
+    check(
+        "[18] recovery records/s / baseline >= 1.0 (coalescing off)",
+        ratio(
+            get("memory-raw-cl", "recover", "records_per_s"),
+            get("baseline", "recover", "records_per_s"),
+        ),
+        1.0,
+    )
+    quix_recover = get("quix", "recover", "recover_s")
+    if quix_recover is not None:
+        check(
+            "[18] quixstreams recovery s / ours (coalesced) >= 5",
+            ratio(quix_recover, get("memory", "recover", "recover_s")),
+            5.0,
+        )
+    quix_window = get("quix-window", "process", "events_per_s")
+    if quix_window is not None:
+        check(
+            "[18] window: events/s / quixstreams window >= 1.5",
+            ratio(get("window", "process", "events_per_s"), quix_window),
+            1.5,
+        )
+    quix_unique = get("quix-unique", "process", "events_per_s")
+    if quix_unique is not None:
+        check(
+            "for comparison: 1M distinct keys, events/s / quixstreams",
+            ratio(get("big", "process", "events_per_s"), quix_unique),
+            None,
+        )
 
 
 def fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+SHORT_CLIENTS = {"kafka-python": "kp", "librdkafka": "rdk", "aiokafka": "aio"}
+
+
+def short_client(name: str | None) -> str:
+    if not name:
+        return "-"
+    name = name.split(" (")[0]
+    return SHORT_CLIENTS.get(name, name)
 
 
 def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: str) -> None:
@@ -392,10 +478,14 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
         "replayed/s",
         "changelog",
         "CPU us/event or record",
+        "CPU us, whole process",
+        "reads",
+        "produces",
         "peak RSS MB",
         "correct",
     ):
-        table.add_column(column, justify="left" if column in ("suite", "phase") else "right")
+        left = column in ("suite", "phase")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for row in results:
         correct = row.get("correct")
         table.add_row(
@@ -408,12 +498,25 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
             fmt(row.get("records_per_s"), ",.0f"),
             fmt(row.get("changelog_records"), ","),
             fmt(row.get("cpu_us_per_event", row.get("cpu_us_per_record")), ".1f"),
+            fmt(row.get("cpu_us_all"), ".1f"),
+            short_client(row.get("reads")),
+            short_client(row.get("produces")),
             fmt(row.get("peak_rss_mb"), ".0f"),
             (row.get("skipped") and "skipped")
             or row.get("error")
             or ("yes" if correct else "[red]NO[/red]" if correct is False else "-"),
         )
     console.print(table)
+    console.print(
+        "[dim]CPU us/event or record: trio_tables, first to last event (or the recovery), "
+        "all threads; CPU us, whole process: every system, the phase's process from start "
+        "to exit (start-up, group join and table check included), all threads, per event "
+        "or replayed record. reads/produces: the Kafka client that reads the source (or "
+        "the changelog, in recover rows) and the one that produces (kp: kafka-python, rdk: "
+        "librdkafka through confluent-kafka, aio: aiokafka). Rows *-defaults: the "
+        "clients' default group timeouts; all other rows: trio_tables' bench settings "
+        "for every system.[/dim]"
+    )
     ratios = Table(title="targets (ratios measured in this run)")
     for column in ("target", "measured", "result"):
         ratios.add_column(column, justify="left" if column == "target" else "right")
@@ -425,6 +528,8 @@ def report(results: list[dict[str, Any]], checks: list[dict[str, Any]], title: s
 
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
+    if args.soak:
+        return await soak.main(args, console)
     if args.broker:
         runner = Runner(args, split_kafka_url(args.broker)[0])
         await runner.run()
@@ -485,6 +590,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kafka-settings", default="{}", help="JSON of more KafkaSettings for trio_tables"
     )
+    parser.add_argument("--take", type=int, default=500, help="memory-take: events per batch")
+    soak.add_arguments(parser)
     return parser.parse_args(argv)
 
 

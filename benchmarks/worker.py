@@ -10,6 +10,13 @@ recover   a fresh worker of the same app rebuilds the table from the changelog (
 window    the windowed variant: ``Table(...).tumbling(10.0)``, ``hits[key] += 1``
           (skipped with a message if windowed tables are not available)
 big       1M-key table on sqlite: ``big[key] += 1`` over a topic of distinct keys
+soak      the word count with no end: runs until SIGTERM (``handle_signals``), then checks
+          its table against ``--records`` events (``--no-check``: a worker that joins and
+          leaves, whose share of the table is checked by the survivor's)
+
+``count --take M`` processes through ``stream.take(M, within=0.1)`` (``for event in
+batch: counts[event.key] += 1``) instead of one event per step. ``--library-defaults``
+runs with the library's default group timeouts instead of the bench's 4 s session.
 
 With ``TRIO_TABLES_BENCH_METRICS=1`` in the environment the worker serves its HTTP
 endpoint (``web_port=0``) and scrapes its own ``/metrics`` and ``/status`` every second
@@ -79,18 +86,28 @@ METRICS = os.environ.get("TRIO_TABLES_BENCH_METRICS") == "1"
 
 
 def manager(args: argparse.Namespace) -> TimedManager:
-    options = dict(KAFKA_SETTINGS)
+    options = {} if args.library_defaults else dict(KAFKA_SETTINGS)
     options.update(json.loads(args.kafka_settings))
     return TimedManager(
         args.app,
         broker=f"kafka://{args.bootstrap}",
         store=args.store,
         coalesce_changelog=args.coalesce == "on",
+        handle_signals=args.phase == "soak",
         transport_options=options,
         web_port=0 if METRICS else None,
         web_host="127.0.0.1",
         advertised_host="127.0.0.1",
     )
+
+
+def clients(app: TableManager) -> dict[str, str]:
+    """Which Kafka client reads the source and the changelog, and which one produces."""
+    settings = getattr(getattr(app, "_transport", None), "settings", None)
+    names = {"confluent-kafka": "librdkafka (confluent-kafka)", "kafka-python": "kafka-python"}
+    fetch = getattr(settings, "fetch_client", "kafka-python")
+    produce = getattr(settings, "produce_client", "kafka-python")
+    return {"reads": names.get(fetch, fetch), "produces": names.get(produce, produce)}
 
 
 async def changelog_records(args: argparse.Namespace, topic: str) -> int:
@@ -135,20 +152,33 @@ async def count(args: argparse.Namespace) -> dict[str, Any]:
         counts = app.Table("counts", default=int, key_type=str, value_type=int)
         async with app.stream(args.topic, key_type=str, value_serializer="raw") as events:
             seen = 0
-            async for event in events:
-                if not seen:
-                    first, first_cpu = time.perf_counter(), time.process_time()
-                counts[event.key] += 1
-                seen += 1
-                if seen == n:
-                    last, last_cpu = time.perf_counter(), time.process_time()
-                    break
+            if args.take:
+                async for batch in events.take(args.take, within=0.1):
+                    if not seen:
+                        first, first_cpu = time.perf_counter(), time.process_time()
+                    for event in batch:
+                        counts[event.key] += 1
+                    seen += len(batch)
+                    if seen >= n:
+                        last, last_cpu = time.perf_counter(), time.process_time()
+                        break
+            else:
+                async for event in events:
+                    if not seen:
+                        first, first_cpu = time.perf_counter(), time.process_time()
+                    counts[event.key] += 1
+                    seen += 1
+                    if seen == n:
+                        last, last_cpu = time.perf_counter(), time.process_time()
+                        break
             # Checked before the stream's block ends: leaving it releases the partitions.
             correct = table_matches(counts, args)
             checked = time.perf_counter()
         stopped = time.perf_counter()
         topic = counts.changelog_topic_name
+        used = clients(app)
     return {
+        **used,
         "events": n,
         "startup_s": first - T0,
         "events_per_s": n / (last - first),
@@ -167,8 +197,10 @@ async def recover(args: argparse.Namespace) -> dict[str, Any]:
             done, done_cpu = time.perf_counter(), time.process_time()
             correct = table_matches(counts, args)
         topic = counts.changelog_topic_name
+        used = clients(app)
     recovering = done - (app.assigned_at or T0)
     return {
+        **used,
         "startup_s": done - T0,
         "recover_s": recovering,
         "replayed": counts.replayed,
@@ -210,8 +242,10 @@ async def window(args: argparse.Namespace) -> dict[str, Any]:
             got: dict[tuple[str, int], int] = {}
             for (key, window), value in table.as_dict().items():
                 got[(key, window_start_s(window))] = value
+        used = clients(app)
         expected = workload.expected_window_counts(args.base_ts_ms, n)
     return {
+        **used,
         "events": n,
         "startup_s": first - T0,
         "events_per_s": n / (last - first),
@@ -220,7 +254,24 @@ async def window(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """Count until SIGTERM ends the stream; then check the whole table (the survivor owns
+    every partition by then) unless ``--no-check``."""
+    seen = 0
+    async with manager(args) as app:
+        counts = app.Table("counts", default=int, key_type=str, value_type=int)
+        async with app.stream(args.topic, key_type=str, value_serializer="raw") as events:
+            async for event in events:
+                counts[event.key] += 1
+                seen += 1
+            correct = table_matches(counts, args) if args.check else None
+            owned = sorted(counts.active_partitions)
+    return {"events_here": seen, "partitions_at_end": owned, "correct": correct}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.phase == "soak":
+        return await soak(args)
     if args.phase == "window":
         return await window(args)
     if args.mode == "recover":
@@ -230,7 +281,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["count", "window", "big"])
+    parser.add_argument("phase", choices=["count", "window", "big", "soak"])
     parser.add_argument("mode", choices=["process", "recover"])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
@@ -242,6 +293,9 @@ def main() -> None:
     parser.add_argument("--base-ts-ms", type=int, default=0)
     parser.add_argument("--kafka-settings", default="{}", help="JSON: more KafkaSettings")
     parser.add_argument("--profile", default=None, help="write a cProfile here")
+    parser.add_argument("--take", type=int, default=0, help="count through stream.take(N)")
+    parser.add_argument("--library-defaults", action="store_true", help="default timeouts")
+    parser.add_argument("--no-check", dest="check", action="store_false", help="soak: no check")
     args = parser.parse_args()
     if args.profile:
         import cProfile

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import errors
 from ._asyncio import asyncio_callback
+from ._batch import Batch
 from ._manager import TableManager
 from ._stream import Event, Stream, current_event
 from ._table import (
@@ -23,6 +24,7 @@ from ._windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
 
 __all__ = [
     "TP",
+    "Batch",
     "Collection",
     "CollectionT",
     "Event",

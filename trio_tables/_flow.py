@@ -73,7 +73,8 @@ class StreamFlow:
     async def quiesced(self, grace: float) -> AsyncIterator[frozenset[int]]:
         """Streams hand out no new event for the block; before it, events in process get
         ``grace`` seconds to finish. Yields the partitions whose event is still in process
-        (a task may hold an event indefinitely: those partitions sit out this commit).
+        (a task may hold an event, or a ``take()`` batch, indefinitely: those partitions
+        sit out this commit).
         Cancellation: while waiting for events to finish, nothing was taken; the hold
         ends with the block whatever happens."""
         hold = trio.Event()
@@ -83,9 +84,9 @@ class StreamFlow:
                 for stream in list(self.streams.values()):
                     await stream.wait_idle()
             yield frozenset(
-                stream.current.partition
+                partition
                 for stream in self.streams.values()
-                if stream.current is not None
+                for partition in stream.busy_partitions()
             )
         finally:
             self.hold = None

@@ -1,4 +1,4 @@
-"""Source streams: :class:`Event`, the current-event context, and :class:`Stream`.
+"""Source streams: :class:`Stream` (its events: ``_event``; its ``take()`` batches: ``_batch``).
 
 The manager's group-consumer task routes fetched records into each stream's
 per-partition buffers. A stream yields records only of partitions that are *ready*
@@ -10,44 +10,25 @@ for the next one (or the stream closes): only then does its offset count for com
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
-from collections.abc import Callable, Coroutine
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal, Protocol
 
-import attrs
 import trio
 
+from ._batch import Batch, check_take_arguments
 from ._codecs import Codec, CodecError
-from ._transport._base import TP, Headers, Record
+from ._event import Event, current_event
+from ._transport._base import TP, Record
+from ._windows import Duration, to_ms
 from .errors import RecordDecodeError
 
-__all__ = ["Event", "Stream", "StreamHost", "current_event"]
+__all__ = ["Batch", "Event", "Stream", "StreamHost", "current_event"]
 
 logger = logging.getLogger("trio_tables.stream")
 
 DecodeErrorPolicy = Literal["raise", "skip"]
-
-
-@attrs.frozen
-class Event:
-    """One source record, decoded. ``timestamp`` is in milliseconds since the epoch."""
-
-    key: Any
-    value: Any
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    headers: Headers = ()
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-current_event: ContextVar[Event | None] = ContextVar("trio_tables_current_event", default=None)
-"""The event being processed in this task (``None`` outside of a stream)."""
 
 # How many records of one partition a stream yields before it looks at the next
 # partition: fairness between partitions at low cost per event.
@@ -123,6 +104,11 @@ class Stream:
         self._tps: dict[int, TP] = {}
         # The task iterating (holding an event or waiting for one), else None.
         self._reader: trio.lowlevel.Task | None = None
+        # take(): records taken from the buffers for the batch being collected (not
+        # handed out yet), and those of the batch handed out and not yet processed
+        # (a record whose decoding failed under "skip" has no event).
+        self._pending: list[tuple[Record, Event | None]] | None = None
+        self._batch: list[tuple[Record, Event | None]] | None = None
         self.skipped = 0
         self.closed = False
 
@@ -147,8 +133,10 @@ class Stream:
             self._changed.set()
 
     def unready(self, partition: int) -> None:
-        """Stop yielding ``partition`` (its buffered records stay until dropped)."""
+        """Stop yielding ``partition`` (its buffered records stay until dropped; those
+        of a batch being collected go back to the front of its buffer)."""
         self._ready.discard(partition)
+        self._unpend(partition, keep=True)
         self._run = None
         if partition in self._order:
             self._order.remove(partition)
@@ -156,6 +144,7 @@ class Stream:
     def drop(self, partition: int) -> None:
         """Forget a revoked partition and what was buffered for it."""
         self._ready.discard(partition)
+        self._unpend(partition, keep=False)
         self._buffers.pop(partition, None)
         self._run = None
         if partition in self._order:
@@ -166,9 +155,17 @@ class Stream:
         """The event handed out and not yet processed (``None`` between events)."""
         return self._current
 
+    def busy_partitions(self) -> frozenset[int]:
+        """The partitions of the event (or the ``take()`` batch) in process."""
+        if self._current is not None:
+            return frozenset((self._current.partition,))
+        if self._batch is not None:
+            return frozenset(record.partition for record, _ in self._batch)
+        return frozenset()
+
     async def wait_idle(self) -> None:
-        """Wait until no event of this stream is being processed."""
-        while self._current is not None:
+        """Wait until no event (or batch) of this stream is being processed."""
+        while self._current is not None or self._batch is not None:
             if self._current_done is None:
                 self._current_done = trio.Event()
             await self._current_done.wait()
@@ -180,6 +177,9 @@ class Stream:
             self._current = None
             current_event.set(None)
             self._processed(event)
+        if self._batch is not None:
+            current_event.set(None)
+            self._finish_batch()
 
     def _processed(self, event: Event) -> None:
         """``event`` counts as processed: its offset may be committed."""
@@ -219,16 +219,16 @@ class Stream:
             order.rotate(-1)
         return None
 
-    def _decode(self, record: Record) -> Event | None:
+    def _decode(self, record: Record, defer: bool = False) -> Event | None:
         try:
             key = None if record.key is None else self._key_decode(record.key)
         except CodecError as exc:
-            self._decode_failed(record, "key", exc)
+            self._decode_failed(record, "key", exc, defer)
             return None
         try:
             value = None if record.value is None else self._value_decode(record.value)
         except CodecError as exc:
-            self._decode_failed(record, "value", exc)
+            self._decode_failed(record, "value", exc, defer)
             return None
         return Event(
             key,
@@ -240,14 +240,17 @@ class Stream:
             record.headers,
         )
 
-    def _decode_failed(self, record: Record, what: str, exc: CodecError) -> None:
+    def _decode_failed(self, record: Record, what: str, exc: CodecError, defer: bool) -> None:
+        """Raise, or skip ``record``: processed at once unless ``defer`` (a ``take()``
+        batch counts it processed with the events before it)."""
         error = RecordDecodeError(record.topic, record.partition, record.offset, what, exc)
         if self._on_decode_error == "raise":
             current_event.set(None)
             raise error
         self.skipped += 1
         logger.warning("skipped undecodable record (%d so far): %s", self.skipped, error)
-        self._event_processed(record.tp, record.offset)
+        if not defer:
+            self._event_processed(record.tp, record.offset)
 
     def __aiter__(self) -> _Loop:
         return _Loop(self)
@@ -271,6 +274,8 @@ class Stream:
         if previous is not None:
             self._current = None
             self._processed(previous)
+        elif self._batch is not None:
+            self._finish_batch()
         self._since_checkpoint += 1
         if self._since_checkpoint >= _CHECKPOINT_EVERY:
             # Before a record is taken: a cancellation delivered here loses nothing.
@@ -326,10 +331,10 @@ class Stream:
             current_event.set(None)
 
     def ack(self) -> None:
-        """Mark the event in progress as processed now (its offset may be committed and
-        it is no longer the current event), as asking for the next event would. For
-        code that leaves ``async for`` with ``break`` and keeps the stream open. Another
-        task may then iterate the stream."""
+        """Mark the event (or ``take()`` batch) in progress as processed now (its
+        offsets may be committed and no event is current), as asking for the next one
+        would. For code that leaves ``async for`` with ``break`` and keeps the stream
+        open. Another task may then iterate the stream."""
         self._finish_current()
         self._reader = None
 
@@ -354,14 +359,160 @@ class Stream:
         self._changed.set()
 
     def abort(self) -> None:
-        """Stop iterating; the event in progress (if any) does not count as processed."""
-        if self._current is not None:
+        """Stop iterating; the event (or batch) in progress, if any, does not count as
+        processed."""
+        if self._current is not None or self._batch is not None:
             self._current = None
+            self._batch = None
             current_event.set(None)
             self._set_current_done()
         self.closed = True
         self._changed.set()
 
+
+    # -- take(): batches ----------------------------------------------------------------
+    def take(self, max_: int, within: Duration) -> AsyncIterator[Batch]:
+        """Iterate the stream in lists: ``async for batch in stream.take(100, within=1.0)``
+        yields :class:`Batch` es of 1 to ``max_`` events, as Faust's ``Stream.take``
+        (which yields values; a :class:`Batch` has ``.values``). A batch is handed out
+        when it holds ``max_`` events, or ``within`` (seconds, a ``timedelta`` or
+        ``"500ms"``) after its first event was taken, whichever comes first; with no
+        events it waits without limit, as ``async for event in stream`` does.
+
+        Process it with ``for event in batch:``: each event is the current event while
+        the loop body runs for it, so its table writes go to its partition (see
+        :class:`Batch`). The whole batch counts as processed (its offsets may be
+        committed) when the next batch is asked for, the stream is acked or closed.
+
+        Commit cycles: a batch in process is what an event in process is to
+        ``async for``: a cycle waits up to ``event_grace`` for it to finish, then lets
+        the batch's partitions sit the cycle out. A cycle that starts while a batch is
+        being collected (nothing handed out yet) does not wait for it: the collection
+        pauses until the cycle releases the streams, and the ``within`` clock goes on.
+
+        Cancellation: cancelling a task that waits for the next batch loses nothing:
+        the events collected so far go back to the stream's buffers, in order, and the
+        previous batch still counts as processed. A partition revoked (or withheld)
+        while a batch is collected takes its collected events with it.
+        Raises ``TypeError``/``ValueError`` for a bad ``max_`` or ``within``."""
+        max_events = check_take_arguments(max_)
+        seconds = to_ms(within) / 1000
+        return _TakeLoop(self, max_events, seconds)
+
+    def _claim_reader(self) -> None:
+        """This task iterates the stream now (``BusyResourceError`` if another does)."""
+        task = trio.lowlevel.current_task()
+        reader = self._reader
+        if reader is not task:
+            if reader is not None:
+                raise trio.BusyResourceError(
+                    f"another task ({reader.name}) is iterating the stream of "
+                    f"{self.topic!r}; iterate a stream from one task at a time (fan out "
+                    "to worker tasks through a memory channel)"
+                )
+            self._reader = task
+
+    async def _next_batch(self, max_: int, within: float) -> Batch:
+        """The next batch (see :meth:`take`); finishes the previous event or batch."""
+        self._claim_reader()
+        self._finish_current()
+        current_event.set(None)
+        await self._waiting(self._host.between_events())
+        pending: list[tuple[Record, Event | None]] = []
+        self._pending = pending
+        try:
+            return await self._collect(pending, max_, within)
+        except BaseException:
+            self._reader = None
+            self._unpend(None, keep=True)
+            raise
+        finally:
+            self._pending = None
+
+    async def _collect(
+        self, pending: list[tuple[Record, Event | None]], max_: int, within: float
+    ) -> Batch:
+        events = 0
+        deadline = math.inf
+        taken = 0
+        while events < max_:
+            if self.closed:
+                raise StopAsyncIteration  # the collected events go back (not processed)
+            if events and trio.current_time() >= deadline:
+                break
+            if self._host.hold is not None:
+                await self._host.wait_for_hold()
+                continue
+            record = self._run_record()
+            if record is None:
+                with trio.move_on_at(deadline):
+                    await self._changed.wait()
+                    self._changed = trio.Event()
+                continue
+            taken += 1
+            if taken % _CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+            try:
+                # A skipped record after an event of the batch counts with the batch.
+                event = self._decode(record, defer=events > 0)
+            except RecordDecodeError:
+                if not events:
+                    raise
+                # Hand out what came before it; the next batch starts with (raises) it.
+                self._buffers.setdefault(record.partition, deque()).appendleft(record)
+                self._run = None
+                break
+            if event is None:
+                if events:
+                    pending.append((record, None))
+                continue
+            pending.append((record, event))
+            events += 1
+            if events == 1:
+                deadline = trio.current_time() + within
+        batch = list(pending)
+        pending.clear()
+        self._batch = batch
+        return Batch([event for _, event in batch if event is not None])
+
+    def _run_record(self) -> Record | None:
+        """The next record in turn, as ``__anext__`` takes it."""
+        run = self._run
+        if run and self._burst:
+            self._burst -= 1
+            record = run.popleft()
+            if len(run) == self.buffer_size // 2:
+                self._host.partition_has_room(self.topic, self._run_partition)
+            return record
+        return self._next_record()
+
+    def _finish_batch(self) -> None:
+        """The batch handed out is processed: its offsets count, in order."""
+        batch = self._batch
+        self._batch = None
+        if batch:
+            for record, _ in batch:
+                tp = self._tps.get(record.partition)
+                if tp is None:
+                    tp = self._tps[record.partition] = record.tp
+                self._event_processed(tp, record.offset)
+        self._set_current_done()
+
+    def _unpend(self, partition: int | None, *, keep: bool) -> None:
+        """Take the records of ``partition`` (all with ``None``) out of the batch being
+        collected; with ``keep``, back to the front of their buffers, in order."""
+        pending = self._pending
+        if not pending:
+            return
+        leaving = [item for item in pending if partition in (None, item[0].partition)]
+        pending[:] = [item for item in pending if partition not in (None, item[0].partition)]
+        if keep:
+            for record, _ in reversed(leaving):
+                buffer = self._buffers.get(record.partition)
+                if buffer is None:
+                    buffer = self._buffers[record.partition] = deque()
+                buffer.appendleft(record)
+            self._run = None
 
 class _Loop:
     """One ``async for`` loop over a :class:`Stream` (what ``__aiter__`` returns).
@@ -385,3 +536,20 @@ class _Loop:
 
     def __del__(self) -> None:
         self._stream._loop_left()
+
+
+class _TakeLoop:
+    """One ``async for`` loop over :meth:`Stream.take`."""
+
+    __slots__ = ("_max", "_stream", "_within")
+
+    def __init__(self, stream: Stream, max_: int, within: float) -> None:
+        self._stream = stream
+        self._max = max_
+        self._within = within
+
+    def __aiter__(self) -> _TakeLoop:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, Batch]:
+        return self._stream._next_batch(self._max, self._within)

@@ -221,7 +221,8 @@ class TableWriteOutsideStream(TrioTablesError, RuntimeError):
     def __init__(self, table: str) -> None:
         super().__init__(
             f"write to table {table!r} outside of a stream event: trio_tables cannot tell "
-            f"which partition the change belongs to. Write while processing an event, or "
+            f"which partition the change belongs to. Write while processing an event (in a "
+            f"`stream.take()` batch: inside `for event in batch:`), or "
             f"choose the partition explicitly with `with table.partition(p): ...`, or create "
             f"the table with use_partitioner=True to partition by key"
         )

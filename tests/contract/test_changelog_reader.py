@@ -164,7 +164,8 @@ async def test_a_consumer_that_stops_polling_holds_up_no_other(
     await fill(transport, fast, 1, 500)
     async with (
         transport.open_changelog_reader() as reader,
-        reader.open_consumer("slow", max_poll_records=10) as idle,
+        # Its partition pauses once 20 records wait (the other's reads go on).
+        reader.open_consumer("slow", max_poll_records=10, buffer_records=20) as idle,
         reader.open_consumer("fast", max_poll_records=50) as busy,
     ):
         await idle.assign([TP(slow, 0)])

@@ -449,11 +449,11 @@ class ChangelogReader(Protocol):
     served by one client. Each consumer it opens assigns its own partitions (disjoint
     from the other consumers': ``assign`` of a partition another one holds raises
     ``ValueError``) and polls only its own records; a slow consumer does not hold up the
-    others (its partitions pause while it has more than twice ``max_poll_records``
-    records waiting)."""
+    others (its partitions pause while it has more than ``buffer_records`` records
+    waiting)."""
 
     def open_consumer(
-        self, name: str = "", *, max_poll_records: int = 10_000
+        self, name: str = "", *, max_poll_records: int = 10_000, buffer_records: int | None = None
     ) -> AbstractAsyncContextManager[RestoreConsumer]:
         """A :class:`RestoreConsumer` for the block (its contract holds); leaving the
         block gives its partitions back. Once the shared client failed or the reader

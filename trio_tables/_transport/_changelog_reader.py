@@ -16,9 +16,11 @@ poll); its ``poll`` takes records from its own buffer. Views assign disjoint par
 (two views cannot share one consumer position).
 
 Fairness: the shared consumer fetches every unpaused partition; a view whose buffer
-holds more than ``2 * max_poll_records`` records has its partitions paused in the shared
-consumer until its task took them, so a slow table never holds up the others' reads and
-memory stays bounded.
+holds more than ``buffer_records`` records (by default twice the larger of its
+``max_poll_records`` and one shared poll: pausing a librdkafka partition drops what it
+prefetched, so the bound must not be hit by every poll) has its partitions paused in the
+shared consumer until its task took them, so a slow table never holds up the others'
+reads and memory stays bounded.
 
 Threads: everything here runs on the Trio thread; the shared consumer's own threads are
 its transport's business.
@@ -101,11 +103,13 @@ class _View:
     ``resume`` change state in one step.
     """
 
-    def __init__(self, reader: SharedChangelogReader, name: str, max_poll_records: int) -> None:
+    def __init__(
+        self, reader: SharedChangelogReader, name: str, max_poll_records: int, buffer_records: int
+    ) -> None:
         self._reader = reader
         self.name = name
         self.max_poll_records = max(max_poll_records, 1)
-        self.high_water = 2 * self.max_poll_records
+        self.high_water = max(buffer_records, 1)
         self._assignment: frozenset[TP] = frozenset()
         self._paused: frozenset[TP] = frozenset()
         self.buffer: dict[TP, list[Record]] = {}
@@ -308,13 +312,17 @@ class SharedChangelogReader:
 
     @asynccontextmanager
     async def open_consumer(
-        self, name: str = "", *, max_poll_records: int = 10_000
+        self, name: str = "", *, max_poll_records: int = 10_000, buffer_records: int | None = None
     ) -> AsyncIterator[RestoreConsumer]:
         """A restore consumer of its own for the block, reading through the shared one.
-        Leaving the block gives its partitions back (buffered records are dropped)."""
+        Leaving the block gives its partitions back (buffered records are dropped).
+        ``buffer_records`` (default: twice the larger of ``max_poll_records`` and one
+        shared poll) is the bound above which its partitions pause."""
+        if buffer_records is None:
+            buffer_records = 2 * max(max_poll_records, SHARED_POLL_RECORDS)
         if self.error is not None:
             raise TransportClosed(f"the worker's changelog reader failed: {self.error!r}")
-        view = _View(self, name, max_poll_records)
+        view = _View(self, name, max_poll_records, buffer_records)
         self._views.add(view)
         try:
             yield view

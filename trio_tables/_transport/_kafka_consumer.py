@@ -46,14 +46,14 @@ from ._kafka_bridge import (
 from ._kafka_membership import Membership
 from ._retry import RetryPolicy
 
-__all__ = ["HighWatermarkProbe", "KafkaGroupConsumer", "poll_and_convert"]
+__all__ = ["HighWatermarkProbe", "KafkaGroupConsumer"]
 
 logger = logging.getLogger("trio_tables.transport.kafka")
 
 Batch = dict[TP, list[Record]]
 
 
-def poll_and_convert(consumer: Any, timeout_ms: int, max_records: int | None) -> Batch:
+def _poll_and_convert(consumer: Any, timeout_ms: int, max_records: int | None) -> Batch:
     release_parked_records(consumer)
     raw = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
     out: Batch = {}
@@ -202,7 +202,7 @@ class _KafkaFetching:
     def _fetch_batch(self, timeout: float, max_records: int | None) -> Batch:
         """(Worker thread) One poll's records. A failure hands nothing out and leaves
         every position where it was (the poll is retried)."""
-        batch = poll_and_convert(self._consumer, int(timeout * 1000), max_records)
+        batch = _poll_and_convert(self._consumer, int(timeout * 1000), max_records)
         try:
             self._fix_positions(batch)
         except Exception:

@@ -24,7 +24,7 @@ from kafka import errors as kafka_errors
 
 from ._base import TP, Record
 from ._kafka_bridge import to_kafka_tp
-from ._kafka_consumer import poll_and_convert
+from ._kafka_consumer import _poll_and_convert
 
 __all__ = ["Batch", "Fetcher", "KafkaPythonFetcher"]
 
@@ -120,7 +120,7 @@ class KafkaPythonFetcher:
     def fetch(self, timeout: float, max_records: int) -> Batch:
         if not self.assignment:
             return {}
-        batch = poll_and_convert(self.consumer, int(timeout * 1000), max_records)
+        batch = _poll_and_convert(self.consumer, int(timeout * 1000), max_records)
         for tp, records in batch.items():
             self.positions[tp] = records[-1].offset + 1
         return batch

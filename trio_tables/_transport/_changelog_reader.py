@@ -156,7 +156,11 @@ class _View:
 
     def deliver(self, tp: TP, records: list[Record]) -> None:
         """(Fetch task) Records of ``tp`` read by the shared consumer."""
-        self.buffer.setdefault(tp, []).extend(records)
+        waiting = self.buffer.get(tp)
+        if waiting:
+            waiting.extend(records)
+        else:
+            self.buffer[tp] = records  # the poll's own list: no copy
         self.buffered += len(records)
         self.arrived.set()
 
@@ -403,7 +407,7 @@ class SharedChangelogReader:
                 or self._epochs.get(tp) != epochs.get(tp)
             ):
                 continue  # sought or given back meanwhile: read again from the new place
-            view.deliver(tp, list(records))
+            view.deliver(tp, records if isinstance(records, list) else list(records))
 
 
 OpenRestoreConsumer = Callable[..., AbstractAsyncContextManager[RestoreConsumer]]

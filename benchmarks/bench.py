@@ -10,7 +10,8 @@ memory          trio_tables, memory store: process (changelog coalescing on), re
 memory-raw-cl   trio_tables, coalescing off (one changelog record per update, like the
                 baseline): process, recover; its recovery is the like-for-like records/s
                 (changelog replay on librdkafka, the default); recover-kafka-python: the
-                same with ``fetch_client="kafka-python"``
+                same with ``fetch_client="kafka-python"``; process-kafka-python:
+                processing with that fetch client too
 memory-take     the word count through ``stream.take(--take, within=0.1)``: process
 sqlite          trio_tables, sqlite store: process, restart on the same files after the
                 clean stop (records replayed), recover into empty files
@@ -229,6 +230,18 @@ class Runner:
                         kafka_settings=json.dumps(settings),
                     )
                     await self.phase(suite, "recover-kafka-python", argv)
+                    # Processing with the group consumer fetching on kafka-python (a fresh
+                    # app: its own group and changelog).
+                    argv = self.worker(
+                        "count",
+                        "process",
+                        records=n,
+                        topic=topic,
+                        app=f"{app}-kp",
+                        coalesce=coalesce,
+                        kafka_settings=json.dumps(settings),
+                    )
+                    await self.phase(suite, "process-kafka-python", argv)
         if "memory-take" in suites:
             argv = self.worker(
                 "count",

@@ -14,6 +14,10 @@ Task tree (one nursery, owned by the ``async with TableManager(...)`` block)::
     └── per table: run_table  _recovery: the table's nursery (recovery task, changelog
                               consumer task)
 
+    changelog reader nursery  (outside the manager's, entered before it) one fetch task
+                              for every table's changelog reads (_transport.
+                              _changelog_reader): one restore client per worker
+
 The manager wires these owners together and keeps the lifecycle, the table registry
 (:mod:`._registry`) and the public API; each concern lives in its own module with the
 state it owns: processed/committed offsets in :mod:`._ledger`, the streams' hold and
@@ -53,6 +57,7 @@ from ._table import (
 from ._transport import open_transport
 from ._transport._base import (
     TP,
+    ChangelogReader,
     Delivery,
     IsolationLevel,
     Producer,
@@ -216,6 +221,7 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
         )
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
+        self._reader: ChangelogReader | None = None
         self._producer: Producer | None = None
         self._nursery: trio.Nursery | None = None
         # asyncio callbacks and run_asyncio(): a trio-asyncio loop opened on first use.
@@ -241,6 +247,11 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
             )
             if self._transactions is not None:
                 await stack.enter_async_context(self._transactions.running(self._producer))
+            # Every table reads its changelog through this one reader (closed after the
+            # tables' nurseries, which live in the manager's nursery below).
+            self._reader = await stack.enter_async_context(
+                self._transport.open_changelog_reader(isolation_level=self.isolation_level)
+            )
             stack.callback(self._registry.close)
             self._nursery = await stack.enter_async_context(trio.open_nursery())
         except BaseException:
@@ -378,11 +389,12 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
     async def _start_table(self, table: Collection) -> None:
         assert self._nursery is not None
         assert self._transport is not None
+        assert self._reader is not None
         registry = self._registry
         channel = await registry.open(
             self._nursery,
             table,
-            self._transport,
+            self._reader,
             self._membership.committed_sources,
             self.commit_interval,
         )
@@ -483,7 +495,6 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
         assert self._nursery is not None
         assert self._transport is not None
         await self._membership.subscribe(self._nursery, self._transport, topics)
-
 
     # -- asyncio ----------------------------------------------------------------------------
     async def run_asyncio(self, fn: Callable[..., Any], *args: Any) -> Any:

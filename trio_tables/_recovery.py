@@ -4,12 +4,17 @@
 
     table nursery
     ├── recovery task         receives RecoveryRequest / StandbyUpdate messages from the
-    │                         manager; restores active partitions with its own group-less
-    │                         restore consumer; forwards standby sets to the tailer and
-    │                         waits until the tailer let go of partitions being promoted
+    │                         manager; restores active partitions through its consumer
+    │                         of the worker's changelog reader; forwards standby sets to
+    │                         the tailer and waits until the tailer let go of partitions
+    │                         being promoted
     └── changelog consumer    tails the standby partitions (every partition of a
-                              GlobalTable) with a second group-less consumer and applies
-                              records as they arrive
+                              GlobalTable) through a second consumer of the reader and
+                              applies records as they arrive
+
+Neither task owns a Kafka client: the worker's one
+:class:`~._transport._base.ChangelogReader` fetches for every table and hands each
+consumer (a memory buffer per task) only its own partitions' records.
 
 A request's cancel scope belongs to the manager: revoking a partition while it is being
 restored cancels the request, and the task goes on with the next one.
@@ -24,6 +29,7 @@ only the lag.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -35,7 +41,8 @@ from ._changelog import uncommitted_filter
 from ._progress import RestoreProgressLog
 from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._table._collection import RestoreReport
-from ._transport._base import TP, Record, RestoreConsumer, Transport
+from ._transport._base import TP, ChangelogReader, Record, RestoreConsumer
+from .errors import TransportClosed
 
 __all__ = [
     "CommittedOffsets",
@@ -77,7 +84,7 @@ now, for instance while this worker is not in the group)."""
 
 async def run_table(
     table: Collection,
-    transport: Transport,
+    reader: ChangelogReader,
     committed_offsets: CommittedOffsets,
     refresh_interval: float,
     *,
@@ -92,23 +99,22 @@ async def run_table(
     to_tailer, from_recovery = trio.open_memory_channel[StandbyUpdate](math.inf)
     tailer = _Tailer(table, committed_offsets, refresh_interval)
     async with trio.open_nursery() as nursery:
-        await nursery.start(tailer.run, transport, from_recovery)
-        await nursery.start(_recovery_task, table, transport, receive, to_tailer)
+        await nursery.start(tailer.run, reader, from_recovery)
+        await nursery.start(_recovery_task, table, reader, receive, to_tailer)
         task_status.started(send)
 
 
 async def _recovery_task(
     table: Collection,
-    transport: Transport,
+    reader: ChangelogReader,
     messages: trio.MemoryReceiveChannel[TableMessage],
     to_tailer: trio.MemorySendChannel[StandbyUpdate],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with (
-        transport.open_restore_consumer(
-            isolation_level=table.manager.isolation_level,
-            max_poll_records=max(table.recovery_buffer_size, 1),
+        reader.open_consumer(
+            f"{table.name} recovery", max_poll_records=max(table.recovery_buffer_size, 1)
         ) as consumer,
         messages,
         to_tailer,
@@ -133,6 +139,10 @@ async def _recover(table: Collection, consumer: RestoreConsumer, request: Recove
         logger.exception("%s: recovery of %s failed", table.label, sorted(request.partitions))
         request.error = exc
     finally:
+        # A cancelled restore gives its partitions back at once (the tailer may take
+        # them next; partitions of one changelog reader are disjoint).
+        with trio.CancelScope(shield=True), contextlib.suppress(TransportClosed):
+            await consumer.assign(())
         request.done.set()
 
 
@@ -161,7 +171,7 @@ class _Tailer:
 
     async def run(
         self,
-        transport: Transport,
+        reader: ChangelogReader,
         updates: trio.MemoryReceiveChannel[StandbyUpdate],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -169,7 +179,7 @@ class _Tailer:
         async with updates:
             task_status.started()
             while True:
-                # Idle (no partition to follow): no Kafka client is kept open.
+                # Idle (no partition to follow): no consumer of the reader is open.
                 try:
                     update = await updates.receive()
                 except trio.EndOfChannel:
@@ -177,8 +187,8 @@ class _Tailer:
                 if not update.partitions:
                     update.done.set()
                     continue
-                async with transport.open_restore_consumer(
-                    isolation_level=self.table.manager.isolation_level,
+                async with reader.open_consumer(
+                    f"{self.table.name} standby",
                     max_poll_records=max(self.table.standby_buffer_size, 1),
                 ) as consumer:
                     await self._change(consumer, update)
@@ -205,8 +215,7 @@ class _Tailer:
             table.tailing_started()
         if entering:
             starts, end = await resume_offsets(
-                table,
-                consumer, {p: TP(self.topic, p) for p in entering}
+                table, consumer, {p: TP(self.topic, p) for p in entering}
             )
             for tp, start in starts.items():
                 self._next[tp.partition] = start

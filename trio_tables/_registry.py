@@ -18,7 +18,7 @@ import trio
 
 from ._recovery import CommittedOffsets, TableMessage, run_table
 from ._table import Collection, GlobalTable, StandbyUpdate
-from ._transport._base import Transport
+from ._transport._base import ChangelogReader, Transport
 from .errors import PartitionCountMismatch, UnknownTopic
 
 __all__ = ["TableRegistry"]
@@ -58,7 +58,7 @@ class TableRegistry:
         self,
         nursery: trio.Nursery,
         table: Collection,
-        transport: Transport,
+        reader: ChangelogReader,
         committed_offsets: CommittedOffsets,
         refresh_interval: float,
     ) -> trio.MemorySendChannel[TableMessage]:
@@ -66,7 +66,7 @@ class TableRegistry:
         ``nursery``; the channel to its recovery task."""
         await table.open()
         channel: trio.MemorySendChannel[TableMessage] = await nursery.start(
-            run_table, table, transport, committed_offsets, refresh_interval
+            run_table, table, reader, committed_offsets, refresh_interval
         )
         self.channels[table.name] = channel
         return channel
@@ -121,9 +121,7 @@ class TableRegistry:
             )
         # The partition count becomes the app's only once every changelog agrees with it
         # (a table started meanwhile sees no count and is checked by this loop instead).
-        while pending := [
-            t for t in self.partitioned if t.name not in self._changelogs_ready
-        ]:
+        while pending := [t for t in self.partitioned if t.name not in self._changelogs_ready]:
             for table in pending:
                 await self.ensure_changelog(transport, table, count)
         self.partition_count = count

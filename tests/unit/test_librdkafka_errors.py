@@ -13,9 +13,8 @@ import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from kafka import errors as kafka_errors
 
-from trio_tables._transport._base import TP
-from trio_tables._transport._confluent_restore import ConfluentRestoreConsumer
 from trio_tables._transport._kafka_bridge import ClientOwner
+from trio_tables._transport._kafka_restore import FetcherRestoreConsumer
 from trio_tables._transport._librdkafka import LibrdkafkaFetcher, _raise_or_log
 from trio_tables._transport._librdkafka_errors import librdkafka_call, translate
 from trio_tables._transport._retry import RetryPolicy, is_retriable
@@ -117,44 +116,51 @@ async def test_librdkafka_errors_are_retried_exactly_as_kafka_pythons(
     assert info.value.__cause__ is error
 
 
-def _fetcher() -> LibrdkafkaFetcher:
-    consumer = Consumer({"bootstrap.servers": NOWHERE, "group.id": "unused", "log_level": 0})
-    return LibrdkafkaFetcher(consumer, timeout=0.3)
+def test_a_real_librdkafka_call_that_fails_raises_the_typed_error() -> None:
+    from trio_tables._transport._librdkafka import new_librdkafka_consumer
+
+    with pytest.raises(KafkaClientError) as info:
+        new_librdkafka_consumer(
+            {"bootstrap.servers": NOWHERE, "group.id": "g", "no.such.property": "1"}
+        )
+    assert not info.value.retriable  # a configuration error: retrying cannot help
+    assert isinstance(info.value.__cause__, KafkaException)
 
 
-def test_a_real_librdkafka_call_without_a_broker_raises_the_typed_error() -> None:
-    fetcher = _fetcher()
-    try:
-        with pytest.raises(KafkaClientError) as info:
-            fetcher.low_watermarks([TP("t", 0)])
-        assert info.value.retriable
-        assert isinstance(info.value.__cause__, KafkaException)
-    finally:
-        fetcher.close()
+class _BrokerGone(LibrdkafkaFetcher):
+    """A real librdkafka fetcher whose fetches meet the error librdkafka raises when
+    every broker is down (translated, as ``fetch`` translates it)."""
+
+    calls = 0
+
+    def fetch(self, timeout: float, max_records: int) -> Any:
+        self.calls += 1
+        raise translate(
+            KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers down")), "fetch"
+        )
 
 
-async def test_beginning_offsets_on_librdkafka_are_retried_then_broker_unavailable(
+async def test_a_librdkafka_fetch_error_is_retried_then_broker_unavailable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trio_tables.transport.kafka")
-    fetcher = _fetcher()
-    owner = ClientOwner("librdkafka restore consumer")
-    consumer = ConfluentRestoreConsumer(
-        owner,
+    fetcher = _BrokerGone(
+        Consumer({"bootstrap.servers": NOWHERE, "group.id": "unused", "log_level": 0}),
+        timeout=0.3,
+    )
+    consumer = FetcherRestoreConsumer(
+        ClientOwner("librdkafka restore consumer"),
         fetcher,
-        probe=None,  # type: ignore[arg-type]  # end offsets are not asked for here
+        probe=None,  # type: ignore[arg-type]  # offsets are not asked for here
         max_poll_records=100,
         retry=RetryPolicy(NOWHERE, timeout=0.5, initial=0.1),
     )
     try:
         with pytest.raises(BrokerUnavailable) as info:
-            await consumer.beginning_offsets([TP("t", 0)])
+            await consumer.poll(timeout=0.1)
         assert isinstance(info.value.__cause__, KafkaClientError)
-        retries = [r for r in caplog.records if "fetching beginning offsets failed" in r.message]
-        assert len(retries) >= 1
-        with pytest.raises(BrokerUnavailable):
-            await consumer.assign([TP("t", 0)])  # asks for beginnings: retried too
-        assert consumer.assignment() == frozenset()  # the failed attempts changed nothing
+        assert fetcher.calls >= 2  # retried before giving up
+        assert any("poll failed" in r.message for r in caplog.records)
     finally:
         with trio.CancelScope(shield=True):
             await consumer.close()

@@ -40,6 +40,7 @@ __all__ = [
     "TP",
     "Admin",
     "Assignor",
+    "ChangelogReader",
     "Delivery",
     "GroupConsumer",
     "GroupMetadata",
@@ -443,6 +444,23 @@ class RestoreConsumer(_Fetching, Protocol):
     def assignment(self) -> frozenset[TP]: ...
 
 
+class ChangelogReader(Protocol):
+    """One worker's reader of changelogs: many restore consumers (one per table task)
+    served by one client. Each consumer it opens assigns its own partitions (disjoint
+    from the other consumers': ``assign`` of a partition another one holds raises
+    ``ValueError``) and polls only its own records; a slow consumer does not hold up the
+    others (its partitions pause while it has more than ``buffer_records`` records
+    waiting)."""
+
+    def open_consumer(
+        self, name: str = "", *, max_poll_records: int = 10_000, buffer_records: int | None = None
+    ) -> AbstractAsyncContextManager[RestoreConsumer]:
+        """A :class:`RestoreConsumer` for the block (its contract holds); leaving the
+        block gives its partitions back. Once the shared client failed or the reader
+        closed, calls raise :class:`~trio_tables.errors.TransportClosed`."""
+        ...
+
+
 class Transport(Admin, Protocol):
     """A connection to one Kafka cluster (or the in-process broker)."""
 
@@ -483,3 +501,11 @@ class Transport(Admin, Protocol):
         isolation_level: IsolationLevel = "read_uncommitted",
         max_poll_records: int = 10_000,
     ) -> AbstractAsyncContextManager[RestoreConsumer]: ...
+
+    def open_changelog_reader(
+        self, *, isolation_level: IsolationLevel = "read_uncommitted"
+    ) -> AbstractAsyncContextManager[ChangelogReader]:
+        """The worker's one changelog reader for the block (one restore client, one
+        end-offset probe, whatever the number of tables). Leaving the block stops it;
+        consumers still open raise :class:`~trio_tables.errors.TransportClosed`."""
+        ...

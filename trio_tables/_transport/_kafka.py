@@ -5,8 +5,15 @@ Each kafka-python client (admin, producer, consumers, the high-watermark probe) 
 Consumers poll with short timeouts (``poll(timeout=...)``, 0.2 s by default), which bounds
 how long a cancellation waits for the worker thread.
 
+Clients per worker (one transport per worker), whatever the number of tables: the
+admin client, the producer, the group consumer (a kafka-python member plus a record
+fetcher), one restore consumer serving every table's changelog reads
+(:meth:`KafkaTransport.open_changelog_reader`, :mod:`._changelog_reader`) and one
+high-watermark probe per isolation level, shared by the consumers.
+
 Threads: every client is created in a worker thread and then called only through its
-owner (clients are never shared); what crosses threads inside a client is described in
+owner (a shared probe's calls queue on its owner); what crosses threads inside a client
+is described in
 :mod:`._kafka_producer`, :mod:`._kafka_consumer` and :mod:`._kafka_membership`.
 """
 
@@ -37,11 +44,13 @@ from ._base import (
     RestoreConsumer,
     TopicDescription,
 )
-from ._confluent_restore import ConfluentRestoreConsumer
+from ._changelog_reader import open_shared_reader
 from ._kafka_assignor import KafkaAssignorAdapter
 from ._kafka_bridge import ClientOwner
-from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer, KafkaRestoreConsumer
+from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
+from ._kafka_fetcher import Fetcher, KafkaPythonFetcher
 from ._kafka_producer import KafkaTransportProducer
+from ._kafka_restore import FetcherRestoreConsumer
 from ._kafka_seams import check_kafka_python_seams
 from ._librdkafka import (
     REPLAY,
@@ -176,6 +185,8 @@ class KafkaTransport:
         self._admin = admin
         self._admin_owner = ClientOwner("Kafka admin client")
         self._retry = RetryPolicy(settings.bootstrap_servers, settings.reconnect_timeout)
+        self._probes: dict[IsolationLevel, HighWatermarkProbe] = {}
+        self._probe_lock = trio.Lock()
 
     @property
     def url(self) -> str:
@@ -341,28 +352,32 @@ class KafkaTransport:
     async def _open_probe(
         self, isolation_level: IsolationLevel
     ) -> AsyncIterator[HighWatermarkProbe]:
-        config = self.settings.for_client(
-            KafkaConsumer,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level=isolation_level,
-            max_partition_fetch_bytes=1,  # a fetch still returns one batch (KIP-74)
-            # Only the fetch response's high watermark is wanted: the broker must not
-            # hold the fetch of an empty partition for data (500 ms by default).
-            fetch_max_wait_ms=10,
-            auto_offset_reset="earliest",
-        )
-        client = await self._connect(KafkaConsumer, config)
-        probe = HighWatermarkProbe(
-            ClientOwner("Kafka high-watermark probe"),
-            client,
-            self.settings.connect_timeout,
-            retry=self._retry,
-        )
-        try:
-            yield probe
-        finally:
-            await probe.close()
+        """The transport's one high-watermark probe for ``isolation_level`` (made on
+        first use, shared by every consumer, closed with the transport): one end-offset
+        client per worker, whatever the number of tables."""
+        async with self._probe_lock:
+            probe = self._probes.get(isolation_level)
+            if probe is None:
+                config = self.settings.for_client(
+                    KafkaConsumer,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    isolation_level=isolation_level,
+                    max_partition_fetch_bytes=1,  # a fetch still returns one batch (KIP-74)
+                    # Only the fetch response's high watermark is wanted: the broker must
+                    # not hold the fetch of an empty partition for data (500 ms default).
+                    fetch_max_wait_ms=10,
+                    auto_offset_reset="earliest",
+                )
+                client = await self._connect(KafkaConsumer, config)
+                probe = HighWatermarkProbe(
+                    ClientOwner(f"Kafka high-watermark probe ({isolation_level})"),
+                    client,
+                    self.settings.connect_timeout,
+                    retry=self._retry,
+                )
+                self._probes[isolation_level] = probe
+        yield probe
 
     @asynccontextmanager
     async def _open_group_consumer(
@@ -473,40 +488,24 @@ class KafkaTransport:
     async def _open_restore_consumer(
         self, *, isolation_level: IsolationLevel, max_poll_records: int
     ) -> AsyncIterator[RestoreConsumer]:
-        if self.settings.fetch_client == "confluent-kafka":
-            async with self._open_confluent_restore_consumer(
-                isolation_level, max_poll_records
-            ) as fast:
-                yield fast
-            return
-        config = self.settings.for_client(
-            KafkaConsumer,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level=isolation_level,
-            max_poll_records=max_poll_records,
-            fetch_max_bytes=50 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
         async with self._open_probe(isolation_level) as probe:
-            client = await self._connect(KafkaConsumer, config)
-            consumer = KafkaRestoreConsumer(
-                ClientOwner("Kafka restore consumer"), client, probe, retry=self._retry
-            )
-            try:
-                yield consumer
-            finally:
-                await consumer.close()
-
-    @asynccontextmanager
-    async def _open_confluent_restore_consumer(
-        self, isolation_level: IsolationLevel, max_poll_records: int
-    ) -> AsyncIterator[RestoreConsumer]:
-        async with self._open_probe(isolation_level) as probe:
-            fetcher = await self._librdkafka_fetcher(isolation_level, REPLAY)
-            consumer = ConfluentRestoreConsumer(
-                ClientOwner("librdkafka restore consumer"),
+            fetcher: Fetcher
+            if self.settings.fetch_client == "confluent-kafka":
+                fetcher = await self._librdkafka_fetcher(isolation_level, REPLAY)
+            else:
+                config = self.settings.for_client(
+                    KafkaConsumer,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    isolation_level=isolation_level,
+                    max_poll_records=max_poll_records,
+                    fetch_max_bytes=50 * 1024 * 1024,
+                    max_partition_fetch_bytes=8 * 1024 * 1024,
+                )
+                fetcher = KafkaPythonFetcher(await self._connect(KafkaConsumer, config))
+            consumer = FetcherRestoreConsumer(
+                ClientOwner(f"Kafka restore consumer ({self.settings.fetch_client})"),
                 fetcher,
                 probe,
                 max_poll_records=max_poll_records,
@@ -530,6 +529,9 @@ class KafkaTransport:
         client = await trio.to_thread.run_sync(new_librdkafka_consumer, config)
         return LibrdkafkaFetcher(client, timeout=self.settings.connect_timeout)
 
+    def open_changelog_reader(self, *, isolation_level: IsolationLevel = "read_uncommitted") -> Any:
+        return open_shared_reader(self.open_restore_consumer, isolation_level=isolation_level)
+
     def open_restore_consumer(
         self,
         *,
@@ -541,7 +543,11 @@ class KafkaTransport:
         )
 
     async def aclose(self) -> None:
-        await self._admin_owner.close(self._admin.close)
+        try:
+            for probe in self._probes.values():
+                await probe.close()
+        finally:
+            await self._admin_owner.close(self._admin.close)
 
 
 @asynccontextmanager

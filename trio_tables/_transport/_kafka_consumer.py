@@ -1,5 +1,5 @@
-"""Kafka consumers: the group member, the group-less restore consumer and the
-high-watermark probe that gives correct end offsets.
+"""Kafka consumers: the group member and the high-watermark probe that gives correct
+end offsets (restore consumers: :mod:`._kafka_restore`).
 
 Rebalances reach Trio through :class:`_ListenerBridge`: kafka-python awaits it on its IO
 loop (heartbeats keep flowing), it starts the user's listener as a task in the consumer's
@@ -47,7 +47,7 @@ from ._kafka_bridge import (
 from ._kafka_membership import Membership
 from ._retry import RetryPolicy
 
-__all__ = ["HighWatermarkProbe", "KafkaGroupConsumer", "KafkaRestoreConsumer"]
+__all__ = ["HighWatermarkProbe", "KafkaGroupConsumer"]
 
 logger = logging.getLogger("trio_tables.transport.kafka")
 
@@ -140,6 +140,18 @@ class HighWatermarkProbe:
         return await self._retry.run(
             "fetching end offsets", lambda: self._owner.run(self._probe, wanted)
         )
+
+    async def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """Each partition's first offset: one ListOffsets request for all of them (a
+        fetcher asking per partition takes a round trip each)."""
+        ktps = [to_kafka_tp(tp) for tp in sorted(set(tps))]
+        if not ktps:
+            return {}
+        raw = await self._retry.run(
+            "fetching beginning offsets",
+            lambda: self._owner.run(self._consumer.beginning_offsets, ktps),
+        )
+        return {from_kafka_tp(ktp): int(offset) for ktp, offset in raw.items()}
 
     async def close(self) -> None:
         """Close the probe's client (shielded from cancellation)."""
@@ -267,30 +279,6 @@ class _KafkaFetching:
 
     def _close_client(self) -> None:
         self._consumer.close(autocommit=False)
-
-
-class KafkaRestoreConsumer(_KafkaFetching):
-    """Implements :class:`~trio_tables._transport._base.RestoreConsumer`."""
-
-    def __init__(
-        self,
-        owner: ClientOwner,
-        consumer: Any,
-        probe: HighWatermarkProbe,
-        *,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__(owner, consumer, probe, retry=retry)
-        self._assignment: frozenset[TP] = frozenset()
-
-    async def assign(self, tps: Iterable[TP]) -> None:
-        wanted = frozenset(tps)
-        await self._owner.run(self._consumer.assign, [to_kafka_tp(tp) for tp in sorted(wanted)])
-        self._assignment = wanted
-        self._paused &= wanted
-
-    def assignment(self) -> frozenset[TP]:
-        return self._assignment
 
 
 class _ListenerBridge(AsyncConsumerRebalanceListener):  # type: ignore[misc]

@@ -21,8 +21,11 @@ librdkafka behaviours worked around here (the transport contract suite runs on b
 clients):
 
 * ``seek()`` fails ("Erroneous state") until the partition's fetcher started, so a
-  change of assignment, position or pause state is applied by assigning again with
-  explicit offsets right before the next fetch;
+  change of assignment or position is applied right before the next fetch by assigning
+  the partitions concerned again (``incremental_unassign`` then ``incremental_assign``
+  with explicit offsets); the others keep their fetch state and prefetched records (one
+  fetcher serves every table of a worker: a table's change must not restart the
+  others' reads);
 * ``consume(n, timeout)`` waits the whole timeout unless ``n`` records arrived, so a
   fetch takes what is queued and only then waits for the first record of a new batch;
 * a partition keeps its pause flag across assignments;
@@ -148,10 +151,17 @@ class LibrdkafkaFetcher:
         self.paused: frozenset[TP] = frozenset()
         self.positions: dict[TP, int] = {}  # worker thread only
         self._stale = False  # librdkafka's assignment, offsets or pauses differ from ours
+        # What librdkafka has (worker thread only): its assignment, the partitions whose
+        # fetch position must be set again, its paused partitions.
+        self._applied: frozenset[TP] = frozenset()
+        self._reset: set[TP] = set()
+        self._applied_paused: frozenset[TP] = frozenset()
 
     # -- state changes ---------------------------------------------------------------
     def assign(self, starts: Mapping[TP, int]) -> None:
         """Fetch exactly the partitions of ``starts``, from those offsets."""
+        positions = self.positions
+        self._reset.update(tp for tp, offset in starts.items() if positions.get(tp) != offset)
         self.positions = dict(starts)
         self.assignment = frozenset(starts)
         self.paused = self.paused & self.assignment
@@ -161,6 +171,7 @@ class LibrdkafkaFetcher:
         if tp not in self.assignment:
             raise ValueError(f"seek on {tp}, which is not assigned")
         self.positions[tp] = offset
+        self._reset.add(tp)
         self._stale = True
 
     def set_paused(self, tps: Iterable[TP]) -> None:
@@ -175,6 +186,7 @@ class LibrdkafkaFetcher:
         for tp, records in batch.items():
             if records and tp in self.positions:
                 self.positions[tp] = records[0].offset
+                self._reset.add(tp)
                 self._stale = True
 
     # -- reads -------------------------------------------------------------------------
@@ -190,19 +202,6 @@ class LibrdkafkaFetcher:
         (found,) = self.consumer.position([self._ctp(tp.topic, tp.partition)])
         theirs = int(found.offset)
         return ours if theirs == _INVALID_OFFSET else max(ours, theirs)
-
-    @librdkafka_call("fetching beginning offsets")
-    def low_watermarks(self, tps: Iterable[TP]) -> dict[TP, int]:
-        """Each partition's first offset (asks the broker)."""
-        ctp = self._ctp
-        return {
-            tp: int(
-                self.consumer.get_watermark_offsets(
-                    ctp(tp.topic, tp.partition), timeout=self._timeout, cached=False
-                )[0]
-            )
-            for tp in tps
-        }
 
     @librdkafka_call("fetch")
     def fetch(self, timeout: float, max_records: int) -> Batch:
@@ -230,12 +229,25 @@ class LibrdkafkaFetcher:
     # -- internals -----------------------------------------------------------------------
     def _apply(self) -> None:
         ctp = self._ctp
-        assigned = sorted(self.assignment)
-        self.consumer.assign([ctp(tp.topic, tp.partition, self.positions[tp]) for tp in assigned])
-        if self.paused:
-            self.consumer.pause([ctp(tp.topic, tp.partition) for tp in sorted(self.paused)])
-        if running := [tp for tp in assigned if tp not in self.paused]:
-            self.consumer.resume([ctp(tp.topic, tp.partition) for tp in running])
+        consumer = self.consumer
+        wanted = self.assignment
+        reset = (self._reset & wanted & self._applied) | (wanted - self._applied)
+        if gone := sorted((self._applied - wanted) | (reset & self._applied)):
+            consumer.incremental_unassign([ctp(tp.topic, tp.partition) for tp in gone])
+        if reset:
+            consumer.incremental_assign(
+                [ctp(tp.topic, tp.partition, self.positions[tp]) for tp in sorted(reset)]
+            )
+        # Partitions assigned again keep their pause flag: set theirs explicitly.
+        pause = (self.paused - self._applied_paused) | (self.paused & reset)
+        resume = ((self._applied_paused & wanted) - self.paused) | (reset - self.paused)
+        if pause:
+            consumer.pause([ctp(tp.topic, tp.partition) for tp in sorted(pause)])
+        if resume:
+            consumer.resume([ctp(tp.topic, tp.partition) for tp in sorted(resume)])
+        self._applied = wanted
+        self._applied_paused = self.paused
+        self._reset = set()
         self._stale = False
 
     def _convert(self, messages: Sequence[Any]) -> Batch:
@@ -262,6 +274,8 @@ class LibrdkafkaFetcher:
             if floor is None or offset < floor:
                 # Queued before a pause, a seek or an unassignment (librdkafka normally
                 # drops these itself). Its position moved past it: ours is the truth.
+                if tp in self.assignment:
+                    self._reset.add(tp)
                 self._stale = True
                 continue
             headers = message.headers()

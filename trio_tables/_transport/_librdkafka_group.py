@@ -25,7 +25,7 @@ import trio
 from ._base import TP, RebalanceListener
 from ._kafka_bridge import ClientOwner
 from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
-from ._librdkafka import Batch, LibrdkafkaFetcher
+from ._kafka_fetcher import Batch, Fetcher
 from ._retry import RetryPolicy
 
 __all__ = ["LibrdkafkaGroupConsumer"]
@@ -44,7 +44,7 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         consumer: Any,
         probe: HighWatermarkProbe,
         *,
-        fetcher: LibrdkafkaFetcher,
+        fetcher: Fetcher,
         max_poll_records: int,
         listener: RebalanceListener,
         nursery: trio.Nursery,

@@ -47,6 +47,7 @@ from ._base import (
     RestoreConsumer,
     TopicDescription,
 )
+from ._changelog_reader import open_shared_reader
 from ._memory_broker import MemoryBroker, Transaction
 from ._memory_consumer import MemoryGroupConsumer, MemoryRestoreConsumer
 
@@ -385,6 +386,9 @@ class MemoryTransport:
             self.broker, isolation_level=isolation_level, max_poll_records=max_poll_records
         )
         await trio.lowlevel.checkpoint()
+
+    def open_changelog_reader(self, *, isolation_level: IsolationLevel = "read_uncommitted") -> Any:
+        return open_shared_reader(self.open_restore_consumer, isolation_level=isolation_level)
 
     def open_restore_consumer(
         self,

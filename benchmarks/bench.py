@@ -63,8 +63,8 @@ from bench_report import console, evaluate, report
 from peer_runs import CLIENTS, PEER_SUITES, group_env, run_peers, state_file
 
 from trio_tables._transport._base import OutgoingRecord
-from trio_tables._transport._kafka import open_kafka_transport
 from trio_tables._transport._url import split_kafka_url
+from trio_tables._transport.kafka._transport import open_kafka_transport
 from trio_tables.testing import open_embedded_broker
 
 HERE = Path(__file__).resolve().parent

@@ -32,8 +32,8 @@ import trio
 import workload
 
 from trio_tables._transport._base import OutgoingRecord
-from trio_tables._transport._kafka import open_kafka_transport
 from trio_tables._transport._url import split_kafka_url
+from trio_tables._transport.kafka._transport import open_kafka_transport
 from trio_tables.testing import open_embedded_broker
 
 HERE = Path(__file__).resolve().parent

@@ -42,7 +42,7 @@ import workload
 
 from trio_tables import TableManager
 from trio_tables._transport._base import TP
-from trio_tables._transport._kafka import open_kafka_transport
+from trio_tables._transport.kafka._transport import open_kafka_transport
 
 T0 = time.perf_counter()
 # Tansu holds each JoinGroup round for about half the session timeout, in whole seconds

@@ -494,6 +494,10 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
     async def _subscribe(self, topics: frozenset[str]) -> None:
         assert self._nursery is not None
         assert self._transport is not None
+        if topics != self._membership.topics or not self._membership.joined:
+            # A new group session: recovery waiters wait for its first assignment, not
+            # the last session's (which left with every partition revoked).
+            self._supervisor.new_group_session()
         await self._membership.subscribe(self._nursery, self._transport, topics)
 
     # -- asyncio ----------------------------------------------------------------------------

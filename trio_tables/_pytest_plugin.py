@@ -13,7 +13,7 @@ import pytest
 from ._embedded import EmbeddedBroker, embedded_broker
 from ._manager import TableManager
 from ._testing import fresh_memory_url, open_test_manager
-from ._transport._memory import reset_memory_broker
+from ._transport.memory._transport import reset_memory_broker
 
 __all__ = [
     "kafka_broker",

@@ -368,6 +368,13 @@ class RebalanceSupervisor:
         self.recovery_changed.set()
         self.recovery_changed = trio.Event()
 
+    def new_group_session(self) -> None:
+        """The worker (re-)joins the group: no assignment of the new session was seen
+        yet, so :meth:`fully_recovered` is false until one arrives."""
+        if self.assignment_seen.is_set():
+            self.assignment_seen = trio.Event()
+            self._changed()
+
     def fully_recovered(self) -> bool:
         """Whether an assignment arrived and every assigned partition is recovered by
         every table."""

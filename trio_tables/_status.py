@@ -74,8 +74,10 @@ class ManagerStatus:
         )
 
     async def wait_until_recovered(self) -> None:
-        """Wait until this worker has its first assignment and every assigned partition is
-        recovered by every table (at once when no stream was opened), and every global
+        """Wait until this worker has the first assignment of its current group session
+        (a stream opened after the group was left waits for the new one) and every
+        assigned partition is recovered by every table (at once when no stream is
+        open), and every global
         table has read up to the end offsets seen when it started. Raises
         :class:`~trio_tables.errors.RecoveryFailed` when a restore failed (the manager
         stops with its cause) instead of returning over a half-restored table.

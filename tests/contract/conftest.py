@@ -19,7 +19,11 @@ import pytest
 
 from trio_tables._transport import open_transport
 from trio_tables._transport._base import Transport
-from trio_tables._transport._memory import MemoryBroker, get_memory_broker, reset_memory_broker
+from trio_tables._transport.memory._transport import (
+    MemoryBroker,
+    get_memory_broker,
+    reset_memory_broker,
+)
 
 KAFKA_SETTINGS: dict[str, Any] = {
     # Real Kafka's minimum (group.min.session.timeout.ms); the embedded broker's URL

@@ -27,9 +27,9 @@ from trio_tables._transport._base import (
     OutgoingRecord,
     Transport,
 )
-from trio_tables._transport._kafka import KafkaTransport
-from trio_tables._transport._kafka_bridge import resolve_on_io_loop
-from trio_tables._transport._kafka_producer import KafkaTransportProducer
+from trio_tables._transport.kafka._bridge import resolve_on_io_loop
+from trio_tables._transport.kafka._producer import KafkaTransportProducer
+from trio_tables._transport.kafka._transport import KafkaTransport
 from trio_tables.errors import BrokerUnavailable, UnknownTopic
 
 pytestmark = pytest.mark.kafka

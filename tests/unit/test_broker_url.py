@@ -7,8 +7,8 @@ import pytest
 
 import trio_tables
 from trio_tables._embedded import BROKER_SETTINGS, EmbeddedBroker
-from trio_tables._transport._kafka import KafkaSettings
 from trio_tables._transport._url import kafka_url, split_kafka_url, split_memory_url
+from trio_tables._transport.kafka._transport import KafkaSettings
 from trio_tables.errors import InvalidBrokerURL
 
 

@@ -20,7 +20,7 @@ from trio_tables import TP, TableManager
 from trio_tables._codecs import resolve_codec
 from trio_tables._store import open_store
 from trio_tables._transport._base import IsolationLevel, OutgoingRecord
-from trio_tables._transport._memory import get_memory_broker
+from trio_tables._transport.memory._transport import get_memory_broker
 from trio_tables.errors import TransactionAborted, WorkerFenced
 
 PARTITIONS = 2

@@ -9,7 +9,7 @@ from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from trio_tables._transport._base import TP, Record
-from trio_tables._transport._kafka_consumer import _poll_and_convert
+from trio_tables._transport.kafka._consumer import _poll_and_convert
 
 
 class FakeFetcher:

@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import Consumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from trio_tables._transport._kafka import KafkaSettings
-from trio_tables._transport._librdkafka import REPLAY, librdkafka_config
+from trio_tables._transport.kafka._librdkafka import REPLAY, librdkafka_config
+from trio_tables._transport.kafka._transport import KafkaSettings
 
 CLIENTS = {"kafka-python", "librdkafka", "both", "trio_tables"}
 

@@ -1,4 +1,4 @@
-"""librdkafka's errors are ours (issue 15 point 3): ``_transport/_librdkafka_errors.py``
+"""librdkafka's errors are ours (issue 15 point 3): ``_transport/kafka/_librdkafka_errors.py``
 translates them to typed errors, and the retry policy retries the retriable ones exactly
 as it retries kafka-python's. The last tests use a real librdkafka consumer against a
 port where no broker listens."""
@@ -13,11 +13,11 @@ import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from kafka import errors as kafka_errors
 
-from trio_tables._transport._kafka_bridge import ClientOwner
-from trio_tables._transport._kafka_restore import FetcherRestoreConsumer
-from trio_tables._transport._librdkafka import LibrdkafkaFetcher, _raise_or_log
-from trio_tables._transport._librdkafka_errors import librdkafka_call, translate
 from trio_tables._transport._retry import RetryPolicy, is_retriable
+from trio_tables._transport.kafka._bridge import ClientOwner
+from trio_tables._transport.kafka._librdkafka import LibrdkafkaFetcher, _raise_or_log
+from trio_tables._transport.kafka._librdkafka_errors import librdkafka_call, translate
+from trio_tables._transport.kafka._restore import FetcherRestoreConsumer
 from trio_tables.errors import BrokerUnavailable, KafkaClientError, UnknownTopic
 
 from .test_retry import FlakyCall
@@ -117,7 +117,7 @@ async def test_librdkafka_errors_are_retried_exactly_as_kafka_pythons(
 
 
 def test_a_real_librdkafka_call_that_fails_raises_the_typed_error() -> None:
-    from trio_tables._transport._librdkafka import new_librdkafka_consumer
+    from trio_tables._transport.kafka._librdkafka import new_librdkafka_consumer
 
     with pytest.raises(KafkaClientError) as info:
         new_librdkafka_consumer(

@@ -19,7 +19,7 @@ from tests.contract._helpers import (
 )
 from trio_tables._transport import open_transport
 from trio_tables._transport._base import TP, OutgoingRecord, Transport
-from trio_tables._transport._memory import (
+from trio_tables._transport.memory._transport import (
     MemoryBroker,
     MemoryTransport,
     get_memory_broker,

@@ -12,7 +12,7 @@ import trio
 import trio_tables
 from trio_tables import SetTable, TableManager
 from trio_tables._transport._base import TP, OutgoingRecord
-from trio_tables._transport._memory import get_memory_broker
+from trio_tables._transport.memory._transport import get_memory_broker
 
 
 async def _run(

@@ -13,7 +13,7 @@ import trio_tables
 from trio_tables import TableManager
 from trio_tables._changelog import caused_by_uncommitted_event
 from trio_tables._transport._base import TP, OutgoingRecord
-from trio_tables._transport._memory import get_memory_broker
+from trio_tables._transport.memory._transport import get_memory_broker
 
 PARTITIONS = 4
 APP = "sb"

@@ -22,7 +22,7 @@ from trio_tables._changelog import decode_stream_time
 from trio_tables._codecs import JsonCodec
 from trio_tables._table._windowed import WindowedKeyCodec
 from trio_tables._transport._base import TP, OutgoingRecord
-from trio_tables._transport._memory import get_memory_broker
+from trio_tables._transport.memory._transport import get_memory_broker
 from trio_tables.errors import NoWindowTimestamp
 
 PARTITIONS = 2

@@ -1,7 +1,7 @@
 """The transport contract: everything the rest of trio_tables may ask of Kafka.
 
-Two implementations exist: :mod:`._kafka` (kafka-python on worker threads) and
-:mod:`._memory` (an in-process broker, URL ``memory://``). Both pass the same contract
+Two implementations exist: :mod:`.kafka` (kafka-python on worker threads) and
+:mod:`.memory` (an in-process broker, URL ``memory://``). Both pass the same contract
 test suite (``tests/contract``). Nothing outside ``_transport`` imports kafka-python.
 
 Conventions shared by every implementation:

@@ -1,6 +1,6 @@
 """Settings carried in a broker URL: ``kafka://host:port?session_timeout_ms=6000&...``.
 
-The query names :class:`~._kafka.KafkaSettings` fields; their values are converted to
+The query names :class:`~.kafka._transport.KafkaSettings` fields; their values are converted to
 the field's type (a number, or text). Unknown names, values of the wrong type, fields that
 take a mapping (``extra``, ``confluent_config``) and the servers themselves are rejected
 with :class:`~trio_tables.errors.InvalidBrokerURL`, which names the settings a URL can
@@ -26,7 +26,7 @@ _NOT_IN_URLS = {"bootstrap_servers", "extra", "confluent_config"}
 
 def _converters() -> dict[str, Callable[[str], Any]]:
     """KafkaSettings field name -> how to read its value from text (by its default)."""
-    from ._kafka import KafkaSettings  # kafka-python is imported for kafka:// URLs only
+    from .kafka._transport import KafkaSettings  # kafka-python is imported for kafka:// URLs only
 
     converters: dict[str, Callable[[str], Any]] = {}
     for field in attrs.fields(KafkaSettings):
@@ -94,7 +94,7 @@ def split_kafka_url(url: str) -> tuple[str, dict[str, Any]]:
             kind = _KINDS.get(convert, "value")
             raise InvalidBrokerURL(url, f"setting {name}={text!r} is not {kind}") from None
     # Values the settings class itself checks (fetch_client's choices, ...).
-    from ._kafka import KafkaSettings
+    from .kafka._transport import KafkaSettings
 
     try:
         KafkaSettings(bootstrap_servers=servers, **settings)

@@ -22,8 +22,8 @@ from kafka.protocol.consumer.metadata import (
     ConsumerProtocolSubscription,
 )
 
-from ._assignment import withhold_moving_partitions
-from ._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
+from .._assignment import withhold_moving_partitions
+from .._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
 
 __all__ = ["KafkaAssignorAdapter"]
 

@@ -1,7 +1,7 @@
 """The in-process transport (URL ``memory://NAME``): a product feature, not a mock.
 
 Brokers live in a process-wide registry: every transport opened on the same name talks to
-the same :class:`~._memory_broker.MemoryBroker` (:func:`get_memory_broker`,
+the same :class:`~._broker.MemoryBroker` (:func:`get_memory_broker`,
 :func:`reset_memory_broker`). It implements the whole contract of :mod:`._base` with
 Kafka's semantics (offsets with gaps, high watermark and last stable offset, consumer
 groups with eager and cooperative rebalancing, transactions with fencing and
@@ -16,8 +16,8 @@ members is cancellable and simply resumes at the next ``poll()``.
 Acknowledgements are immediate: a record is in the log when ``send`` returns and its
 :class:`~._base.Delivery` is already settled, so ``in_flight`` is always 0.
 
-Threads: none. Every object of the in-process broker (here, :mod:`._memory_broker`,
-:mod:`._memory_consumer`, :mod:`._memory_group`) belongs to the Trio thread.
+Threads: none. Every object of the in-process broker (here, :mod:`._broker`,
+:mod:`._consumer`, :mod:`._group`) belongs to the Trio thread.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Literal
 import trio
 from kafka.partitioner.default import murmur2
 
-from ..errors import TransactionError
-from ._assignment import CoPartitionedAssignor
-from ._base import (
+from ...errors import TransactionError
+from .._assignment import CoPartitionedAssignor
+from .._base import (
     TP,
     Assignor,
     Delivery,
@@ -47,9 +47,9 @@ from ._base import (
     RestoreConsumer,
     TopicDescription,
 )
-from ._changelog_reader import open_shared_reader
-from ._memory_broker import MemoryBroker, Transaction
-from ._memory_consumer import MemoryGroupConsumer, MemoryRestoreConsumer
+from .._changelog_reader import open_shared_reader
+from ._broker import MemoryBroker, Transaction
+from ._consumer import MemoryGroupConsumer, MemoryRestoreConsumer
 
 __all__ = [
     "MemoryBroker",

@@ -1,6 +1,6 @@
 """The private parts of kafka-python that trio_tables relies on ("seams"), checked once.
 
-:mod:`._kafka_bridge` reaches into kafka-python in a few places, each to reach its IO
+:mod:`._bridge` reaches into kafka-python in a few places, each to reach its IO
 loop or to fix one of its bugs. A kafka-python release that renames or removes one of
 them must not silently bring the bug back: :func:`check_kafka_python_seams` verifies them
 all when a Kafka transport opens (once per process) and raises
@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import attrs
 
-from ..errors import KafkaClientIncompatible
+from ...errors import KafkaClientIncompatible
 
 __all__ = ["SEAMS", "Seam", "check_kafka_python_seams", "kafka_python_version"]
 
@@ -157,42 +157,42 @@ def _join_round() -> str | None:
 SEAMS: tuple[Seam, ...] = (
     Seam(
         "KafkaConsumer._net (the IO loop) and its call_soon_threadsafe",
-        "_kafka_bridge.resolve_on_io_loop, finish_join_round",
+        "_bridge.resolve_on_io_loop, finish_join_round",
         "tests/integration/test_kafka_transport.py::"
         "test_resolve_on_io_loop_wakes_a_waiting_coroutine",
         _io_loop,
     ),
     Seam(
         "KafkaConsumer._coordinator.commit_offsets_async",
-        "_kafka_bridge.commit_on_io_loop (commits on revocation)",
+        "_bridge.commit_on_io_loop (commits on revocation)",
         "tests/integration/test_kafka_transport.py::"
         "test_offsets_the_revocation_listener_returns_are_committed_on_the_io_loop",
         _commit_on_io_loop,
     ),
     Seam(
         "KafkaConsumer._fetcher._next_partition_records / _paused_partition_records",
-        "_kafka_bridge.release_parked_records",
+        "_bridge.release_parked_records",
         "tests/contract/test_groups.py::"
         "test_resumed_partition_delivers_what_was_fetched_while_paused",
         _parked_records,
     ),
     Seam(
         "KafkaProducer._sender (add_topic, wakeup)",
-        "_kafka_bridge.track_topic, end_transaction",
+        "_bridge.track_topic, end_transaction",
         "tests/integration/test_kafka_transport.py::"
         "test_the_producer_keeps_metadata_for_every_topic_it_sends_to",
         _producer_sender,
     ),
     Seam(
         "KafkaProducer._transaction_manager (begin_commit, begin_abort, result.wait)",
-        "_kafka_bridge.end_transaction",
+        "_bridge.end_transaction",
         "tests/contract/test_transactions.py::"
         "test_a_fenced_zombies_commit_fails_instead_of_hanging",
         _transaction_manager,
     ),
     Seam(
         "ConsumerCoordinator.join_group_async (replaced) and _join_task",
-        "_kafka_bridge.keep_finished_join, finish_join_round",
+        "_bridge.keep_finished_join, finish_join_round",
         "tests/integration/test_kafka_transport.py::"
         "test_a_join_finished_between_polls_is_completed_not_repeated; "
         "tests/integration/test_stop_during_rebalance.py",

@@ -1,8 +1,8 @@
 """State of the in-process broker behind ``memory://NAME``: topics, partition logs,
-transactions and (through :mod:`._memory_group`) consumer groups.
+transactions and (through :mod:`._group`) consumer groups.
 
 Everything here is synchronous and runs in the Trio thread: a method either completes or
-has not started, so the clients in :mod:`._memory` get atomicity with respect to
+has not started, so the clients in :mod:`._transport` get atomicity with respect to
 cancellation for free. Whoever changes anything calls :meth:`MemoryBroker.notify`, which
 wakes every waiting ``poll()`` (they re-check their condition; nothing busy-loops).
 
@@ -23,9 +23,9 @@ from typing import Literal
 import attrs
 import trio
 
-from ..errors import PartitionCountMismatch, ProducerFenced, TransactionError, UnknownTopic
-from ._base import TP, Headers, IsolationLevel, Record, RecordMetadata, TopicDescription
-from ._memory_group import MemoryGroup
+from ...errors import PartitionCountMismatch, ProducerFenced, TransactionError, UnknownTopic
+from .._base import TP, Headers, IsolationLevel, Record, RecordMetadata, TopicDescription
+from ._group import MemoryGroup
 
 __all__ = ["MemoryBroker", "PartitionLog", "StoredRecord", "Transaction"]
 
@@ -164,7 +164,7 @@ class _Topic:
 
 class MemoryBroker:
     """An in-process Kafka-like broker. One per name in a process (see
-    :func:`~trio_tables._transport._memory.get_memory_broker`); clients of every
+    :func:`~trio_tables._transport.memory._transport.get_memory_broker`); clients of every
     ``memory://NAME`` transport with the same name share it.
 
     Besides what transports use, it offers test hooks that Kafka has only as broker-side

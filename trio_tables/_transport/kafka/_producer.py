@@ -24,15 +24,15 @@ from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.structs import ConsumerGroupMetadata
 
-from ..errors import ProducerFenced, TransactionError
-from ._base import (
+from ...errors import ProducerFenced, TransactionError
+from .._base import (
     TP,
     Delivery,
     GroupMetadata,
     OutgoingRecord,
     RecordMetadata,
 )
-from ._kafka_bridge import ClientOwner, end_transaction, to_kafka_offsets, track_topic
+from ._bridge import ClientOwner, end_transaction, to_kafka_offsets, track_topic
 
 __all__ = ["KafkaTransportProducer"]
 

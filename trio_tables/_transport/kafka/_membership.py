@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from ._base import TP, GroupMetadata
+from .._base import TP, GroupMetadata
 
 __all__ = ["Membership", "Ownership"]
 

@@ -15,7 +15,7 @@ reachable through private attributes: :func:`resolve_on_io_loop`,
 :func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records`, the producer
 fixes :func:`track_topic` and :func:`end_transaction`, and the group join fixes
 :func:`keep_finished_join` and :func:`finish_join_round` are the only places that touch
-them. :mod:`._kafka_seams` checks every one of them once, when a Kafka transport opens
+them. :mod:`._seams` checks every one of them once, when a Kafka transport opens
 (a missing or changed one is a typed error, never a silent fallback); one test per seam
 pins its behaviour.
 
@@ -39,8 +39,8 @@ from kafka import errors as kafka_errors
 from kafka.future import Future as KafkaFuture
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from ..errors import TransportClosed
-from ._base import TP
+from ...errors import TransportClosed
+from .._base import TP
 
 __all__ = [
     "ClientOwner",
@@ -152,7 +152,7 @@ def release_parked_records(consumer: Any) -> None:
     batch's end, and a parked partition is never fetched again: it stalls for good
     (``test_resumed_partition_delivers_what_was_fetched_while_paused`` shows it). An
     exhausted slot means "nothing in line", so clearing it changes nothing else. Only
-    private attributes can do this (checked at start-up by :mod:`._kafka_seams`).
+    private attributes can do this (checked at start-up by :mod:`._seams`).
     """
     fetcher = consumer._fetcher
     if not fetcher._paused_partition_records:
@@ -174,7 +174,7 @@ def track_topic(producer: Any, topic: str) -> None:
     expires after ``delivery_timeout_ms`` (seen: exactly-once outputs never delivered).
     Tracking every topic sent to prevents it. ``Sender.add_topic`` is the producer's own
     thread-safe way in (the sender thread adds the topic); the private ``_sender`` is
-    checked at start-up by :mod:`._kafka_seams`.
+    checked at start-up by :mod:`._seams`.
     """
     producer._sender.add_topic(topic)
 
@@ -187,7 +187,7 @@ def end_transaction(producer: Any, *, commit: bool, timeout: float) -> None:
     request whose connection was closed for ever; a broker that drops the connection
     instead of answering a fenced producer's EndTxn (Tansu does) would block the worker
     for good. Only the private transaction manager and sender expose the wait (checked
-    at start-up by :mod:`._kafka_seams`).
+    at start-up by :mod:`._seams`).
     """
     manager = producer._transaction_manager
     sender = producer._sender
@@ -244,7 +244,7 @@ def keep_finished_join(consumer: Any) -> None:
     periods. Wrapped here, on the IO loop where the join runs: a successfully finished
     round is handed to the next poll as if it were still running, which then completes
     the join as usual (a failed one is left alone: the poll handles its error). Only
-    private attributes can do this (checked at start-up by :mod:`._kafka_seams`).
+    private attributes can do this (checked at start-up by :mod:`._seams`).
     """
     coordinator: Any = consumer._coordinator
     join = coordinator.join_group_async
@@ -276,7 +276,7 @@ def finish_join_round(consumer: Any, timeout: float) -> bool:
     thread by itself (no ``poll`` needed); its result is dropped (the listener is not
     told of an assignment that the member gives up at once). Real Kafka does not need
     the wait, and it costs at most one join round there. Private attributes (checked at
-    start-up by :mod:`._kafka_seams`).
+    start-up by :mod:`._seams`).
     """
     task = consumer._coordinator._join_task
     if task is None or task.is_done:

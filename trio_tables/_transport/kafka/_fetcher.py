@@ -5,11 +5,11 @@ A :class:`Fetcher` owns the assigned partitions, their positions (the offset of 
 record to hand out) and their pause state, and fetches records. Two implement it:
 :class:`~._librdkafka.LibrdkafkaFetcher` (librdkafka, the default) and
 :class:`KafkaPythonFetcher` (``fetch_client="kafka-python"``). The restore consumer
-(:mod:`._kafka_restore`, which the worker's changelog reader uses) fetches only through
+(:mod:`._restore`, which the worker's changelog reader uses) fetches only through
 it, and so does the librdkafka group consumer (:mod:`._librdkafka_group`).
 
 Threads: every method runs on the worker thread of the owning consumer's
-:class:`~._kafka_bridge.ClientOwner`, one call at a time; the fetcher's state is that
+:class:`~._bridge.ClientOwner`, one call at a time; the fetcher's state is that
 thread's. The Trio thread reads only ``assignment`` and ``paused`` (immutable sets
 replaced whole).
 """
@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 from kafka import errors as kafka_errors
 
-from ._base import TP, Record
-from ._kafka_bridge import to_kafka_tp
-from ._kafka_consumer import _poll_and_convert
+from .._base import TP, Record
+from ._bridge import to_kafka_tp
+from ._consumer import _poll_and_convert
 
 __all__ = ["Batch", "Fetcher", "KafkaPythonFetcher"]
 

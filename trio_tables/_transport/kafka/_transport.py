@@ -1,7 +1,7 @@
 """The Kafka transport: kafka-python 3 driven from Trio (URL ``kafka://host:port,...``).
 
 Each kafka-python client (admin, producer, consumers, the high-watermark probe) has one
-:class:`~._kafka_bridge.ClientOwner`: calls go through a worker thread one at a time.
+:class:`~._bridge.ClientOwner`: calls go through a worker thread one at a time.
 Consumers poll with short timeouts (``poll(timeout=...)``, 0.2 s by default), which bounds
 how long a cancellation waits for the worker thread.
 
@@ -14,7 +14,7 @@ high-watermark probe per isolation level, shared by the consumers.
 Threads: every client is created in a worker thread and then called only through its
 owner (a shared probe's calls queue on its owner); what crosses threads inside a client
 is described in
-:mod:`._kafka_producer`, :mod:`._kafka_consumer` and :mod:`._kafka_membership`.
+:mod:`._producer`, :mod:`._consumer` and :mod:`._membership`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
-from ..errors import BrokerUnavailable, PartitionCountMismatch, UnknownTopic
-from ._assignment import CoPartitionedAssignor
-from ._base import (
+from ...errors import BrokerUnavailable, PartitionCountMismatch, UnknownTopic
+from .._assignment import CoPartitionedAssignor
+from .._base import (
     TP,
     Assignor,
     GroupConsumer,
@@ -44,14 +44,12 @@ from ._base import (
     RestoreConsumer,
     TopicDescription,
 )
-from ._changelog_reader import open_shared_reader
-from ._kafka_assignor import KafkaAssignorAdapter
-from ._kafka_bridge import ClientOwner
-from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
-from ._kafka_fetcher import Fetcher, KafkaPythonFetcher
-from ._kafka_producer import KafkaTransportProducer
-from ._kafka_restore import FetcherRestoreConsumer
-from ._kafka_seams import check_kafka_python_seams
+from .._changelog_reader import open_shared_reader
+from .._retry import RetryPolicy
+from ._assignor import KafkaAssignorAdapter
+from ._bridge import ClientOwner
+from ._consumer import HighWatermarkProbe, KafkaGroupConsumer
+from ._fetcher import Fetcher, KafkaPythonFetcher
 from ._librdkafka import (
     REPLAY,
     STREAMING,
@@ -60,7 +58,9 @@ from ._librdkafka import (
     new_librdkafka_consumer,
 )
 from ._librdkafka_group import MEMBERSHIP_ONLY_CONFIG, LibrdkafkaGroupConsumer
-from ._retry import RetryPolicy
+from ._producer import KafkaTransportProducer
+from ._restore import FetcherRestoreConsumer
+from ._seams import check_kafka_python_seams
 
 __all__ = ["KafkaSettings", "KafkaTransport", "open_kafka_transport"]
 
@@ -559,7 +559,7 @@ async def open_kafka_transport(servers: str, **options: Any) -> AsyncIterator[Ka
     ``connect_timeout`` seconds, and
     :class:`~trio_tables.errors.KafkaClientIncompatible` (before connecting) when the
     installed kafka-python lacks a private part trio_tables relies on
-    (:mod:`._kafka_seams`, checked once per process).
+    (:mod:`._seams`, checked once per process).
     """
     if not servers:
         raise ValueError("kafka:// URL without servers: use kafka://host:port")

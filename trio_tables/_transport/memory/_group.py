@@ -3,7 +3,7 @@ assignment by the leader's assignor, committed offsets and evictions.
 
 A *round* starts whenever membership changes (a join, a leave, an eviction) or a member
 asks for one (the second round of a cooperative rebalance). Every member takes part from
-its own ``poll()`` (see :mod:`._memory`): it revokes what the protocol requires, then
+its own ``poll()`` (see :mod:`._transport`): it revokes what the protocol requires, then
 *rejoins* with the partitions it still owns. When every member rejoined, the oldest member
 (the leader) runs its assignor and the group moves to a new *generation*.
 
@@ -23,15 +23,15 @@ from typing import Protocol
 import attrs
 import trio
 
-from ..errors import CommitFailed
-from ._assignment import withhold_moving_partitions
-from ._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
+from ...errors import CommitFailed
+from .._assignment import withhold_moving_partitions
+from .._base import TP, Assignor, MemberAssignment, MemberSubscription, RebalanceProtocol
 
 __all__ = ["Member", "MemoryGroup"]
 
 
 class _Broker(Protocol):
-    """What a group needs of its :class:`~._memory_broker.MemoryBroker` (which creates
+    """What a group needs of its :class:`~._broker.MemoryBroker` (which creates
     the groups: naming the class here would make the two modules import each other)."""
 
     def notify(self) -> None: ...
@@ -64,7 +64,7 @@ def _current_run() -> object:
 
 class MemoryGroup:
     """The coordinator of one consumer group in a
-    :class:`~._memory_broker.MemoryBroker`."""
+    :class:`~._broker.MemoryBroker`."""
 
     def __init__(self, group_id: str, broker: _Broker) -> None:
         self.group_id = group_id

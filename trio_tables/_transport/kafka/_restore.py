@@ -1,11 +1,11 @@
-"""The Kafka transport's restore consumer: a :class:`~._kafka_fetcher.Fetcher` (librdkafka
+"""The Kafka transport's restore consumer: a :class:`~._fetcher.Fetcher` (librdkafka
 or kafka-python) driven from Trio, with beginning and end offsets from the transport's
 high-watermark probe. The worker's changelog reader (:mod:`._changelog_reader`) serves
 every table's restores, standby copies and global tables from one of these.
 
 Threads: the fetcher's state changes only in the client's worker thread (every
 read-modify-write of it, ``assign``/``pause``/``resume`` included, runs there in one
-call, through the :class:`~._kafka_bridge.ClientOwner`); the Trio thread only reads its
+call, through the :class:`~._bridge.ClientOwner`); the Trio thread only reads its
 ``assignment`` and ``paused`` (immutable sets replaced whole).
 """
 
@@ -16,12 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import trio
 
-from ..errors import TransportClosed
-from ._base import TP, Record
-from ._kafka_bridge import ClientOwner
-from ._kafka_consumer import HighWatermarkProbe
-from ._kafka_fetcher import Batch, Fetcher
-from ._retry import RetryPolicy
+from ...errors import TransportClosed
+from .._base import TP, Record
+from .._retry import RetryPolicy
+from ._bridge import ClientOwner
+from ._consumer import HighWatermarkProbe
+from ._fetcher import Batch, Fetcher
 
 __all__ = ["FetcherRestoreConsumer"]
 

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
-from ..errors import KafkaClientError, UnknownTopic
+from ...errors import KafkaClientError, UnknownTopic
 
 __all__ = ["librdkafka_call", "translate", "translate_error"]
 

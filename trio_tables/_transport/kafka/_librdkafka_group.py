@@ -9,9 +9,9 @@ fetch sizes are one byte, so a fetch sent before the pause costs nothing). A
 told this member owns, each from where the group says (the committed offset, else the
 reset policy), as :meth:`KafkaGroupConsumer._fix_positions` does for kafka-python.
 
-Threads: as :mod:`._kafka_consumer`. The fetcher is touched only by the client's worker
+Threads: as :mod:`._consumer`. The fetcher is touched only by the client's worker
 thread (one call at a time); the ownership it follows is read there from the shared
-:class:`~._kafka_membership.Membership`, whose snapshots the Trio thread's listener task
+:class:`~._membership.Membership`, whose snapshots the Trio thread's listener task
 and ``pause``/``resume`` replace.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import trio
 
-from ._base import TP, RebalanceListener
-from ._kafka_bridge import ClientOwner
-from ._kafka_consumer import HighWatermarkProbe, KafkaGroupConsumer
-from ._kafka_fetcher import Batch, Fetcher
-from ._retry import RetryPolicy
+from .._base import TP, RebalanceListener
+from .._retry import RetryPolicy
+from ._bridge import ClientOwner
+from ._consumer import HighWatermarkProbe, KafkaGroupConsumer
+from ._fetcher import Batch, Fetcher
 
 __all__ = ["LibrdkafkaGroupConsumer"]
 

@@ -12,7 +12,7 @@ Both the restore consumer and the group consumer fetch through it; group members
 producers and the admin client stay on kafka-python.
 
 Threads: every method runs on a worker thread of the owning consumer's
-:class:`~._kafka_bridge.ClientOwner`, one call at a time; the fetcher's state is that
+:class:`~._bridge.ClientOwner`, one call at a time; the fetcher's state is that
 thread's. The Trio thread only reads ``assignment`` and ``paused``, immutable sets
 replaced whole. librdkafka's own threads never call back into Python (no callbacks are
 configured): they only fill the queue that :meth:`LibrdkafkaFetcher.fetch` reads.
@@ -38,8 +38,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import KafkaClientError
-from ._base import TP, Record
+from ...errors import KafkaClientError
+from .._base import TP, Record
 from ._librdkafka_errors import librdkafka_call, translate_error
 
 __all__ = [
@@ -86,7 +86,7 @@ def librdkafka_config(
     settings: Any, *, isolation_level: str, sizes: Mapping[str, Any], extra: Mapping[str, Any]
 ) -> dict[str, Any]:
     """librdkafka configuration for a fetching consumer from the transport's
-    :class:`~trio_tables._transport._kafka.KafkaSettings`, then ``sizes`` (:data:`REPLAY`
+    :class:`~trio_tables._transport.kafka._transport.KafkaSettings`, then ``sizes`` (:data:`REPLAY`
     or :data:`STREAMING`), then ``extra`` (which wins)."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,

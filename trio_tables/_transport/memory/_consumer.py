@@ -15,8 +15,8 @@ from typing import Literal
 
 import trio
 
-from ..errors import CommitFailed
-from ._base import (
+from ...errors import CommitFailed
+from .._base import (
     TP,
     Assignor,
     GroupMetadata,
@@ -25,8 +25,8 @@ from ._base import (
     RebalanceProtocol,
     Record,
 )
-from ._memory_broker import MemoryBroker
-from ._memory_group import Member
+from ._broker import MemoryBroker
+from ._group import Member
 
 __all__ = ["MemoryGroupConsumer", "MemoryRestoreConsumer"]
 
@@ -205,7 +205,7 @@ class MemoryRestoreConsumer(_MemoryFetching):
 
 class MemoryGroupConsumer(_MemoryFetching):
     """Implements :class:`~._base.GroupConsumer`: a member of a
-    :class:`~._memory_group.MemoryGroup`, joining at its first ``poll()``."""
+    :class:`~._group.MemoryGroup`, joining at its first ``poll()``."""
 
     def __init__(
         self,

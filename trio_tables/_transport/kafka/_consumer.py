@@ -1,5 +1,5 @@
 """Kafka consumers: the group member and the high-watermark probe that gives correct
-end offsets (restore consumers: :mod:`._kafka_restore`).
+end offsets (restore consumers: :mod:`._restore`).
 
 Rebalances reach Trio through :class:`_ListenerBridge`: kafka-python awaits it on its IO
 loop (heartbeats keep flowing), it starts the user's listener as a task in the consumer's
@@ -7,10 +7,10 @@ nursery, waits for a kafka Future that the task resolves, and commits the offset
 listener returned before kafka-python releases the partitions.
 
 Threads: the Trio thread; each client's worker thread (every client call, one at a
-time, through :class:`~._kafka_bridge.ClientOwner`: ``poll`` and its ``_fix_positions``
+time, through :class:`~._bridge.ClientOwner`: ``poll`` and its ``_fix_positions``
 and ``_rewind`` run there); kafka-python's IO thread (network, joins, the listener
 bridge). What a group consumer's threads share lives in
-:class:`~._kafka_membership.Membership` (immutable values replaced whole under a lock).
+:class:`~._membership.Membership` (immutable values replaced whole under a lock).
 The IO thread touches the client only as kafka-python itself does during a rebalance
 (committing on revocation, reading the group membership); the Trio thread reaches the
 IO loop only through its thread-safe ``call_soon_threadsafe``. A poll's result crosses
@@ -31,9 +31,10 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
 from kafka import errors as kafka_errors
 from kafka.future import Future as KafkaFuture
 
-from ..errors import CommitFailed, TransportClosed
-from ._base import TP, GroupMetadata, RebalanceListener, Record
-from ._kafka_bridge import (
+from ...errors import CommitFailed, TransportClosed
+from .._base import TP, GroupMetadata, RebalanceListener, Record
+from .._retry import RetryPolicy
+from ._bridge import (
     ClientOwner,
     commit_on_io_loop,
     finish_join_round,
@@ -44,8 +45,7 @@ from ._kafka_bridge import (
     to_kafka_offsets,
     to_kafka_tp,
 )
-from ._kafka_membership import Membership
-from ._retry import RetryPolicy
+from ._membership import Membership
 
 __all__ = ["HighWatermarkProbe", "KafkaGroupConsumer"]
 
@@ -321,7 +321,7 @@ class KafkaGroupConsumer(_KafkaFetching):
         super().__init__(owner, consumer, probe, retry=retry)
         self._listener = listener
         self._reset_to_latest = reset_to_latest
-        # Shared by the Trio, worker and IO threads (see _kafka_membership).
+        # Shared by the Trio, worker and IO threads (see _membership).
         self._membership = Membership()
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()

@@ -264,6 +264,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             async for event in events:
                 counts[event.key] += 1
                 seen += 1
+            # The stop may come while this worker recovers what the last leaving worker
+            # gave back: check the table once every assigned partition is recovered.
+            await app.wait_until_recovered()
             correct = table_matches(counts, args) if args.check else None
             owned = sorted(counts.active_partitions)
     return {"events_here": seen, "partitions_at_end": owned, "correct": correct}

@@ -260,16 +260,8 @@ class Stream:
         # the current-event context variable is set once per event: to the next event
         # when one is at hand, to None only before waiting or leaving (a task blocked in
         # here, cancelled, or done with the stream has no current event).
-        task = trio.lowlevel.current_task()
-        reader = self._reader
-        if reader is not task:
-            if reader is not None:
-                raise trio.BusyResourceError(
-                    f"another task ({reader.name}) is iterating the stream of "
-                    f"{self.topic!r}; iterate a stream from one task at a time (fan out "
-                    "to worker tasks through a memory channel)"
-                )
-            self._reader = task
+        if self._reader is not trio.lowlevel.current_task():
+            self._claim_reader()  # the first event of this task (or another's: an error)
         previous = self._current
         if previous is not None:
             self._current = None

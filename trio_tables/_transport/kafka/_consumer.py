@@ -104,19 +104,26 @@ class HighWatermarkProbe:
         self._timeout = timeout
         self._retry = retry or RetryPolicy("the Kafka cluster")
 
+    def _list_offsets(self, ktps: list[Any], *, end: bool) -> dict[Any, int]:
+        """(Worker thread) kafka-python's ListOffsets for ``ktps``, waiting (at most the
+        probe's timeout) for the metadata of a just-created topic: until it arrives,
+        kafka-python raises ``KeyError`` for the partition, or times out."""
+        consumer = self._consumer
+        ask = consumer.end_offsets if end else consumer.beginning_offsets
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return dict(ask(ktps, timeout_ms=int(self._timeout * 1000)))
+            except (KeyError, kafka_errors.KafkaTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _probe(self, tps: list[TP]) -> dict[TP, int]:
         consumer = self._consumer
         ktps = [to_kafka_tp(tp) for tp in tps]
         deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                lower = consumer.end_offsets(ktps, timeout_ms=int(self._timeout * 1000))
-                break
-            except (KeyError, kafka_errors.KafkaTimeoutError):
-                # Metadata of a just-created topic may not have arrived yet.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        lower = self._list_offsets(ktps, end=True)
         consumer.assign([])  # forget high watermarks of an earlier probe
         consumer.assign(ktps)
         for ktp in ktps:
@@ -149,7 +156,7 @@ class HighWatermarkProbe:
             return {}
         raw = await self._retry.run(
             "fetching beginning offsets",
-            lambda: self._owner.run(self._consumer.beginning_offsets, ktps),
+            lambda: self._owner.run(lambda: self._list_offsets(ktps, end=False)),
         )
         return {from_kafka_tp(ktp): int(offset) for ktp, offset in raw.items()}
 

@@ -28,7 +28,9 @@ clients):
   others' reads);
 * ``consume(n, timeout)`` waits the whole timeout unless ``n`` records arrived, so a
   fetch takes what is queued and only then waits for the first record of a new batch;
-* a partition keeps its pause flag across assignments;
+* pause flags do not survive a re-assignment, and a pause or resume right after an
+  assign can lose the assign's offset (librdkafka issue 2190): paused partitions are
+  unassigned in librdkafka instead (no ``pause()``/``resume()`` calls at all);
 * the position of a partition that returned nothing yet is unknown (-1001).
 """
 
@@ -151,11 +153,10 @@ class LibrdkafkaFetcher:
         self.paused: frozenset[TP] = frozenset()
         self.positions: dict[TP, int] = {}  # worker thread only
         self._stale = False  # librdkafka's assignment, offsets or pauses differ from ours
-        # What librdkafka has (worker thread only): its assignment, the partitions whose
-        # fetch position must be set again, its paused partitions.
+        # What librdkafka has (worker thread only): its assignment (ours minus the paused
+        # partitions), and the partitions whose fetch position must be set again.
         self._applied: frozenset[TP] = frozenset()
         self._reset: set[TP] = set()
-        self._applied_paused: frozenset[TP] = frozenset()
 
     # -- state changes ---------------------------------------------------------------
     def assign(self, starts: Mapping[TP, int]) -> None:
@@ -228,9 +229,15 @@ class LibrdkafkaFetcher:
 
     # -- internals -----------------------------------------------------------------------
     def _apply(self) -> None:
+        """Make librdkafka fetch exactly the assigned partitions that are not paused, each
+        re-assigned (with its explicit offset) only if it is new or its position changed.
+        A paused partition is unassigned in librdkafka rather than paused: its pause flag
+        would not survive a re-assignment, and a pause or resume right after an assign
+        can make librdkafka drop the assign's offset (librdkafka issue 2190) and fetch
+        from its old position. Our positions are the truth either way."""
         ctp = self._ctp
         consumer = self.consumer
-        wanted = self.assignment
+        wanted = self.assignment - self.paused
         reset = (self._reset & wanted & self._applied) | (wanted - self._applied)
         if gone := sorted((self._applied - wanted) | (reset & self._applied)):
             consumer.incremental_unassign([ctp(tp.topic, tp.partition) for tp in gone])
@@ -238,15 +245,7 @@ class LibrdkafkaFetcher:
             consumer.incremental_assign(
                 [ctp(tp.topic, tp.partition, self.positions[tp]) for tp in sorted(reset)]
             )
-        # Partitions assigned again keep their pause flag: set theirs explicitly.
-        pause = (self.paused - self._applied_paused) | (self.paused & reset)
-        resume = ((self._applied_paused & wanted) - self.paused) | (reset - self.paused)
-        if pause:
-            consumer.pause([ctp(tp.topic, tp.partition) for tp in sorted(pause)])
-        if resume:
-            consumer.resume([ctp(tp.topic, tp.partition) for tp in sorted(resume)])
         self._applied = wanted
-        self._applied_paused = self.paused
         self._reset = set()
         self._stale = False
 

@@ -264,9 +264,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             async for event in events:
                 counts[event.key] += 1
                 seen += 1
-            # The stop may come while this worker recovers what the last leaving worker
-            # gave back: check the table once every assigned partition is recovered.
-            await app.wait_until_recovered()
+            # The stop may come before the group gave this worker back what the last
+            # leaving worker held, or while it recovers it: check the table once it owns
+            # and recovered every partition (the group is still joined here).
+            if args.check:
+                with trio.move_on_after(60):
+                    await app.wait_until_recovered()
+                    while len(counts.active_partitions) < args.partitions:
+                        await app._supervisor.recovery_changed.wait()
+                        await app.wait_until_recovered()
             correct = table_matches(counts, args) if args.check else None
             owned = sorted(counts.active_partitions)
     return {"events_here": seen, "partitions_at_end": owned, "correct": correct}

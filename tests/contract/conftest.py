@@ -66,9 +66,10 @@ def _kind(item: pytest.Item) -> str | None:
 @pytest.fixture(
     params=[
         "memory",
-        # Records fetched with librdkafka (the default), then with kafka-python.
+        # Records fetched and (without a transaction) produced with librdkafka (the
+        # defaults), then both with kafka-python.
         pytest.param("kafka", marks=pytest.mark.kafka),
-        pytest.param("kafka-python-fetch", marks=pytest.mark.kafka),
+        pytest.param("kafka-python", marks=pytest.mark.kafka),
     ]
 )
 def transport_kind(request: pytest.FixtureRequest) -> str:
@@ -92,8 +93,9 @@ async def transport(broker_url: str, transport_kind: str) -> AsyncIterator[Trans
     options: dict[str, Any] = {}
     if transport_kind == "kafka":
         options = KAFKA_SETTINGS
-    elif transport_kind == "kafka-python-fetch":
-        options = {**KAFKA_SETTINGS, "fetch_client": "kafka-python"}
+    elif transport_kind == "kafka-python":
+        both = {"fetch_client": "kafka-python", "produce_client": "kafka-python"}
+        options = {**KAFKA_SETTINGS, **both}
     try:
         async with open_transport(broker_url, **options) as opened:
             yield opened

@@ -50,6 +50,13 @@ async def kafka(kafka_broker: Any) -> AsyncIterator[Transport]:
         yield transport
 
 
+@pytest.fixture
+async def kafka_python_producing(kafka_broker: Any) -> AsyncIterator[Transport]:
+    options = {**TEST_SETTINGS, "produce_client": "kafka-python"}
+    async with open_transport(kafka_broker.url, **options) as transport:
+        yield transport
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,14 +160,21 @@ async def test_cancelled_calls_leave_clients_usable(kafka: Transport) -> None:
             assert len(seen[tp]) == ends[tp], "a record was lost"
 
 
+@pytest.mark.parametrize("produce_client", ["confluent-kafka", "kafka-python"])
 async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_flight(
-    kafka: Transport,
+    kafka_broker: Any, produce_client: str
 ) -> None:
     """Cancelled while waiting for its turn on the client (another call holds it): the
     batch was never handed over, so it is not counted in flight and ``flush()`` does not
     wait for it (it waited for ever before)."""
     topic = _unique("busy")
-    await kafka.create_topic(topic, 1)
+    options = {**TEST_SETTINGS, "produce_client": produce_client}
+    async with open_transport(kafka_broker.url, **options) as kafka:
+        await kafka.create_topic(topic, 1)
+        await _cancelled_while_busy(kafka, topic)
+
+
+async def _cancelled_while_busy(kafka: Transport, topic: str) -> None:
     async with kafka.open_producer() as producer:
         await producer.send(topic, b"first")  # the topic is now known
         await producer.flush()
@@ -189,7 +203,7 @@ async def test_send_batch_cancelled_while_the_client_is_busy_leaves_nothing_in_f
 
 
 async def test_the_producer_keeps_metadata_for_every_topic_it_sends_to(
-    kafka: Transport,
+    kafka_python_producing: Transport,
 ) -> None:
     """kafka-python 3 keeps metadata only for topics it *tracks*, and a topic that
     existed when the producer started is never tracked (the first metadata answer
@@ -197,6 +211,7 @@ async def test_the_producer_keeps_metadata_for_every_topic_it_sends_to(
     the old topic's partitions vanish, and a batch waiting for one of them expires
     after delivery_timeout_ms (exactly-once outputs were lost that way). The seam
     ``_kafka_bridge.track_topic`` makes every topic sent to tracked."""
+    kafka = kafka_python_producing
     old, new = _unique("old"), _unique("new")
     await kafka.create_topic(old, 3)
     async with kafka.open_producer() as producer:

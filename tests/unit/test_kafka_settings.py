@@ -9,10 +9,15 @@ from typing import Any
 
 import attrs
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from trio_tables._transport.kafka._librdkafka import REPLAY, librdkafka_config
+from trio_tables._transport.kafka._librdkafka import (
+    REPLAY,
+    librdkafka_config,
+    librdkafka_connection,
+)
+from trio_tables._transport.kafka._librdkafka_producer import producer_config
 from trio_tables._transport.kafka._transport import KafkaSettings
 
 CLIENTS = {"kafka-python", "librdkafka", "both", "trio_tables"}
@@ -37,6 +42,7 @@ CHANGED: dict[str, Any] = {
     "ssl_password": "keypass",
     "extra": {"retry_backoff_ms": 250},
     "fetch_client": "kafka-python",
+    "produce_client": "kafka-python",
     "confluent_config": {"statistics.interval.ms": 5000},
 }
 
@@ -118,3 +124,10 @@ def test_librdkafka_accepts_the_translated_sasl_settings() -> None:
     )
     consumer = Consumer({**_librdkafka(settings), "log_level": 0})
     consumer.close()
+    # The producer gets the same connection settings, and librdkafka takes its own.
+    config = producer_config(
+        librdkafka_connection(settings), linger=0.005, max_in_flight=10_000, extra={}
+    )
+    assert config["sasl.username"] == "alice"
+    producer = Producer({**config, "log_level": 0})
+    producer.close()

@@ -15,6 +15,7 @@ import trio_tables
 import trio_tables._table._partition as partition_state
 from trio_tables import TableManager
 from trio_tables._store._base import MISSING
+from trio_tables._table._keyfilter import KeyFilter
 from trio_tables._transport._base import OutgoingRecord, Record
 
 
@@ -89,9 +90,11 @@ async def test_a_store_with_data_is_read_once_per_key(autojump_clock: Any, tmp_p
                         assert table._states[0].cache["missing"] is MISSING
 
 
-async def test_a_cache_that_starts_over_is_no_longer_complete(
+async def test_a_cache_that_starts_over_stays_complete_through_its_key_filter(
     autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Past READ_CACHE_LIMIT values the cache starts over; the key filter still knows
+    every stored key, so a new key needs no store read and a stored one is read."""
     monkeypatch.setattr(partition_state, "READ_CACHE_LIMIT", 2)
     url = f"memory://cache-{uuid.uuid4().hex[:12]}"
     async with trio_tables.open_transport(url) as transport:
@@ -101,6 +104,14 @@ async def test_a_cache_that_starts_over_is_no_longer_complete(
         async with manager.stream("words", key_type=str):
             await manager.wait_until_recovered()
             table: Any = counts
+            reads: list[Any] = []
+            get = table.data.get
+
+            def counting_get(partition: int, key: Any) -> Any:
+                reads.append(key)
+                return get(partition, key)
+
+            table.data.get = counting_get
             with counts.partition(0):
                 assert counts["a"] == 0
                 assert table._states[0].cache_complete
@@ -110,7 +121,21 @@ async def test_a_cache_that_starts_over_is_no_longer_complete(
                 assert table._states[0].cache_complete
                 counts["e"] = 1
                 await manager.commit()  # more than the limit: the cache starts over
-                assert not table._states[0].cache_complete
                 assert table._states[0].cache == {"e": 1}
-                assert [counts[k] for k in "abce"] == [1, 1, 1, 1]  # read from the store
-                assert counts["d"] == 0
+                assert table._states[0].cache_complete  # the key filter knows a, b, c
+                assert [counts[k] for k in "eabc"] == [1, 1, 1, 1]  # e is cached
+                assert sorted(reads) == ["a", "b", "c"]  # read from the store, once each
+                assert (counts["d"], counts["new"]) == (0, 0)
+                assert sorted(reads) == ["a", "b", "c"]  # never stored: no store read
+
+
+def test_the_key_filter_never_forgets_a_key_and_rarely_claims_one() -> None:
+    keys = KeyFilter(capacity=1 << 10)  # grows twice (x4) for 20k keys
+    stored = [f"key-{i}" for i in range(20_000)]
+    for key in stored:
+        keys.add(key)
+        keys.add(key)  # again: takes no room
+    assert all(key in keys for key in stored)
+    claimed = sum(f"other-{i}" in keys for i in range(20_000))
+    # ~0.4 % per filled filter (32 bits per key, 2 probes), three filters asked
+    assert claimed < 0.03 * 20_000

@@ -483,7 +483,7 @@ class Collection(ChangelogApply, WindowSetup, FaustPlumbing):
         for partition in partitions:
             state = self._states.get(partition)
             if state is not None:  # the store may change hands: forget what it held
-                state.cache, state.cache_complete = None, False
+                state.forget_store()
         if self._windowing is not None:
             for partition in partitions:
                 self._windowing.forget(partition)

@@ -28,6 +28,7 @@ from .._changelog import ChangelogBuffer, ChangelogWrite, to_records
 from .._codecs import Codec
 from .._store._base import MISSING
 from .._transport._base import OutgoingRecord
+from ._keyfilter import KeyFilter
 from ._values import TOMBSTONE
 
 __all__ = ["NOT_CACHED", "READ_CACHE_LIMIT", "PartitionState", "PersistBatch"]
@@ -55,7 +56,15 @@ class PersistBatch:
 class PartitionState:
     """The in-memory layers of one table partition (see the module docstring)."""
 
-    __slots__ = ("buffer", "cache", "cache_complete", "overlay", "partition", "persisting")
+    __slots__ = (
+        "buffer",
+        "cache",
+        "cache_complete",
+        "keys",
+        "overlay",
+        "partition",
+        "persisting",
+    )
 
     def __init__(self, partition: int, *, coalesce: bool) -> None:
         self.partition = partition
@@ -64,8 +73,11 @@ class PartitionState:
         self.buffer = ChangelogBuffer(coalesce=coalesce)
         # key -> value the (persistent) store holds, MISSING if none; None: no cache.
         self.cache: dict[Any, Any] | None = None
-        # The cache holds every key the store has (a key it does not know is absent).
+        # The cache, or past READ_CACHE_LIMIT values the key filter, knows every key the
+        # store has (a key neither knows is absent).
         self.cache_complete = False
+        # Every key written to the store since the cache became complete (else None).
+        self.keys: KeyFilter | None = None
 
     # -- reads ---------------------------------------------------------------------------
     def lookup(self, key: Any) -> Any:
@@ -83,31 +95,47 @@ class PartitionState:
         if cache is not None:
             value = cache.get(key, NOT_CACHED)
             if value is NOT_CACHED and self.cache_complete:
-                return MISSING
+                keys = self.keys
+                if keys is None or key not in keys:
+                    return MISSING
         return value
 
     def start_complete_cache(self, store_is_empty: bool) -> bool:
         """Start the read cache of a persistent store; when the store holds nothing for
         this partition, the cache is *complete* from now on: every store change updates
         it (:meth:`flushed`, :meth:`remember` of applied changelog records), so a key it
-        does not know is not in the store and needs no store read. Completeness ends when
-        the cache starts over (``READ_CACHE_LIMIT``). Whether it is complete."""
+        does not know is not in the store and needs no store read. When the cache starts
+        over (``READ_CACHE_LIMIT``) the key filter (:mod:`._keyfilter`) keeps it complete:
+        a key it never saw needs no store read. Whether it is complete."""
         self.cache = {}
         self.cache_complete = store_is_empty
+        self.keys = KeyFilter() if store_is_empty else None
         return store_is_empty
+
+    def forget_store(self) -> None:
+        """The store may change hands: forget what it held."""
+        self.cache, self.cache_complete, self.keys = None, False, None
 
     def remember(self, values: Iterable[tuple[Any, Any]]) -> None:
         """What the store holds for these keys (``MISSING``: absent), so that a
         persistent store is read at most once per key while it keeps its value. Bounded:
-        the cache starts over when it holds ``READ_CACHE_LIMIT`` values (and is no longer
-        complete)."""
+        the cache starts over when it holds ``READ_CACHE_LIMIT`` values (complete only if
+        the key filter is kept: it holds every key stored since completeness began)."""
         cache = self.cache
         if cache is None:
             cache = self.cache = {}
         elif len(cache) >= READ_CACHE_LIMIT:
-            self.cache_complete = False
+            self.cache_complete = self.keys is not None
             cache.clear()
-        cache.update(values)
+        keys = self.keys
+        if keys is None:
+            cache.update(values)
+            return
+        add = keys.add
+        for key, value in values:
+            cache[key] = value
+            if value is not MISSING:
+                add(key)
 
     def merged(self, store_items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
         """The partition's items: ``store_items`` under the layers, deleted keys left

@@ -166,17 +166,20 @@ class Delivery:
     acknowledged the record or the send failed.
     """
 
-    __slots__ = ("_error", "_event", "_metadata", "record")
+    __slots__ = ("_done", "_error", "_event", "_metadata", "record")
 
     def __init__(self, record: OutgoingRecord) -> None:
         self.record = record
-        self._event = trio.Event()
+        self._done = False
+        # Made by the first wait() before the outcome: most deliveries are never waited
+        # for one by one (a changelog batch is flushed), so they need no trio.Event.
+        self._event: trio.Event | None = None
         self._metadata: RecordMetadata | None = None
         self._error: BaseException | None = None
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     @property
     def failed(self) -> bool:
@@ -184,15 +187,17 @@ class Delivery:
 
     def settle(self, metadata: RecordMetadata | None, error: BaseException | None) -> None:
         """Record the outcome; called by transports from the Trio thread only."""
-        if self._event.is_set():
+        if self._done:
             return
         self._metadata = metadata
         self._error = error
-        self._event.set()
+        self._done = True
+        if self._event is not None:
+            self._event.set()
 
     def result(self) -> RecordMetadata:
         """The metadata of a settled delivery, or raise :class:`DeliveryFailed`."""
-        if not self._event.is_set():
+        if not self._done:
             raise RuntimeError("delivery is not settled yet; await wait() first")
         if self._error is not None:
             raise DeliveryFailed(
@@ -207,7 +212,12 @@ class Delivery:
         Cancelling the wait does not cancel the send: the record is still delivered (or
         fails) and :meth:`Producer.flush` still accounts for it.
         """
-        await self._event.wait()
+        if self._done:
+            await trio.lowlevel.checkpoint()
+        else:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
         return self.result()
 
 

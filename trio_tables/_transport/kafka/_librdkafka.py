@@ -49,6 +49,7 @@ __all__ = [
     "STREAMING",
     "LibrdkafkaFetcher",
     "librdkafka_config",
+    "librdkafka_connection",
     "new_librdkafka_consumer",
 ]
 
@@ -84,26 +85,15 @@ STREAMING = {
 }
 
 
-def librdkafka_config(
-    settings: Any, *, isolation_level: str, sizes: Mapping[str, Any], extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    """librdkafka configuration for a fetching consumer from the transport's
-    :class:`~trio_tables._transport.kafka._transport.KafkaSettings`, then ``sizes`` (:data:`REPLAY`
-    or :data:`STREAMING`), then ``extra`` (which wins)."""
+def librdkafka_connection(settings: Any) -> dict[str, Any]:
+    """The connection settings every librdkafka client gets from the transport's
+    :class:`~trio_tables._transport.kafka._transport.KafkaSettings` (librdkafka's names)."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": settings.client_id,
-        # Never joined, never committed: librdkafka only insists on having one.
-        "group.id": f"{settings.client_id}-fetch-only",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": False,
-        "isolation.level": isolation_level,
         "socket.connection.setup.timeout.ms": int(settings.connect_timeout * 1000),
         "socket.timeout.ms": settings.request_timeout_ms,
         "security.protocol": settings.security_protocol.lower(),
-        "fetch.wait.max.ms": 100,
-        **sizes,
     }
     optional = {
         "sasl.mechanism": settings.sasl_mechanism,
@@ -115,6 +105,26 @@ def librdkafka_config(
         "ssl.key.password": settings.ssl_password,
     }
     config.update({k: v for k, v in optional.items() if v is not None})
+    return config
+
+
+def librdkafka_config(
+    settings: Any, *, isolation_level: str, sizes: Mapping[str, Any], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """librdkafka configuration for a fetching consumer: :func:`librdkafka_connection`,
+    then the fetching settings, then ``sizes`` (:data:`REPLAY` or :data:`STREAMING`),
+    then ``extra`` (which wins)."""
+    config: dict[str, Any] = {
+        **librdkafka_connection(settings),
+        # Never joined, never committed: librdkafka only insists on having one.
+        "group.id": f"{settings.client_id}-fetch-only",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "isolation.level": isolation_level,
+        "fetch.wait.max.ms": 100,
+        **sizes,
+    }
     config.update(extra)
     return config
 

@@ -40,8 +40,10 @@ __all__ = ["KafkaTransportProducer"]
 class _AckQueue:
     """Settles deliveries in Trio from kafka-python's sender thread, in bursts."""
 
-    def __init__(self, producer: KafkaTransportProducer) -> None:
-        self._producer = producer
+    def __init__(
+        self, settle: Callable[[list[tuple[Delivery, Any, BaseException | None]]], None]
+    ) -> None:
+        self._settle = settle
         self._token = trio.lowlevel.current_trio_token()
         # Guards _pending and _scheduled: written by the sender/worker threads
         # (on_done) and the Trio thread (_drain).
@@ -64,7 +66,7 @@ class _AckQueue:
         with self._lock:
             pending, self._pending = self._pending, []
             self._scheduled = False
-        self._producer._settle(pending)
+        self._settle(pending)
 
 
 def _metadata(raw: Any) -> RecordMetadata:
@@ -106,7 +108,7 @@ class KafkaTransportProducer:
         # Trio thread only: counted at the hand-over, settled by _AckQueue._drain.
         self._in_flight = 0
         self._room = trio.lowlevel.ParkingLot()
-        self._acks = _AckQueue(self)
+        self._acks = _AckQueue(self._settle)
         self._first_error: Delivery | None = None
 
     @property

@@ -55,6 +55,7 @@ __all__ = [
     "Record",
     "RecordMetadata",
     "RestoreConsumer",
+    "SendOneAsBatch",
     "TopicDescription",
     "Transport",
 ]
@@ -308,6 +309,28 @@ class Admin(Protocol):
         """Every offset committed by ``group_id``, without joining the group (so running
         members see no rebalance); empty for an unknown group."""
         ...
+
+
+class SendOneAsBatch:
+    """``send()`` for producers whose only way in is ``send_batch()``: one record is a
+    batch of one (same cancellation and backpressure as ``send_batch``)."""
+
+    async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        raise NotImplementedError
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        timestamp: int | None = None,
+    ) -> Delivery:
+        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
+        (delivery,) = await self.send_batch([record])
+        return delivery
 
 
 class Producer(Protocol):

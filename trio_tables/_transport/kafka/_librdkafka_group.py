@@ -73,15 +73,9 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         self._follow_assignment()
         if not fetcher.assignment:
             return {}
-        batch = fetcher.fetch(timeout, max_records or self._max_poll_records)
-        # The listener may have revoked partitions meanwhile, or revoked and assigned
-        # them again: such a partition is fresh, and what was fetched for it came from
-        # its old position (the next poll starts it where the group says).
-        ownership = self._membership.ownership  # one consistent view
-        owned, fresh = ownership.assigned, ownership.fresh
-        for tp in [tp for tp in batch if tp not in owned or tp in fresh]:
-            del batch[tp]
-        return batch
+        # Partitions the listener revokes (or revokes and assigns again) meanwhile are
+        # dropped as the poll returns on the Trio thread (``_deliverable``).
+        return fetcher.fetch(timeout, max_records or self._max_poll_records)
 
     def _follow_assignment(self) -> None:
         """Make the fetcher read what the listener was told this member owns, newly

@@ -21,7 +21,7 @@ appends to the ack queue under its lock. librdkafka's own threads never call Pyt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import trio
 
 from ...errors import TransactionError
-from .._base import TP, Delivery, GroupMetadata, OutgoingRecord, RecordMetadata
+from .._base import TP, Delivery, GroupMetadata, OutgoingRecord, RecordMetadata, SendOneAsBatch
 from ._bridge import ClientOwner
 from ._librdkafka import librdkafka_connection
 from ._librdkafka_errors import librdkafka_call, translate, translate_error
@@ -77,7 +77,7 @@ def _metadata(message: Any) -> RecordMetadata:
     )
 
 
-class LibrdkafkaTransportProducer:
+class LibrdkafkaTransportProducer(SendOneAsBatch):
     """Implements :class:`~trio_tables._transport._base.Producer` on librdkafka, without
     transactions (the transactional calls raise :class:`TransactionError`)."""
 
@@ -174,20 +174,6 @@ class LibrdkafkaTransportProducer:
             while not self._in_flight:
                 await self._work.park()
             await self._poller.run(self._client.poll, _POLL_TIMEOUT)
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Iterable[tuple[str, bytes]] | None = None,
-        timestamp: int | None = None,
-    ) -> Delivery:
-        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
-        (delivery,) = await self.send_batch([record])
-        return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
         """Hand ``records`` to librdkafka and return their deliveries.

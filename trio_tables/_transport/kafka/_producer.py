@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ from .._base import (
     GroupMetadata,
     OutgoingRecord,
     RecordMetadata,
+    SendOneAsBatch,
 )
 from ._bridge import ClientOwner, end_transaction, to_kafka_offsets, track_topic
 
@@ -82,7 +83,7 @@ def _group(group: GroupMetadata) -> Any:
     )
 
 
-class KafkaTransportProducer:
+class KafkaTransportProducer(SendOneAsBatch):
     """Implements :class:`~trio_tables._transport._base.Producer` on kafka-python."""
 
     def __init__(
@@ -159,20 +160,6 @@ class KafkaTransportProducer:
                 return
             else:
                 future.add_both(on_done, delivery)
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Iterable[tuple[str, bytes]] | None = None,
-        timestamp: int | None = None,
-    ) -> Delivery:
-        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
-        (delivery,) = await self.send_batch([record])
-        return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
         """Hand ``records`` to kafka-python (one thread hop) and return their deliveries.

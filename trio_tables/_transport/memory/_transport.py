@@ -45,6 +45,7 @@ from .._base import (
     RebalanceListener,
     RebalanceProtocol,
     RestoreConsumer,
+    SendOneAsBatch,
     TopicDescription,
 )
 from .._changelog_reader import open_shared_reader
@@ -86,7 +87,7 @@ def default_partition(key: bytes | None, partitions: int, counter: Iterable[int]
     return (digest & 0x7FFFFFFF) % partitions
 
 
-class MemoryProducer:
+class MemoryProducer(SendOneAsBatch):
     """Implements :class:`~._base.Producer` on a :class:`MemoryBroker`.
 
     Records are appended when sent and their deliveries settled at once. Transactional
@@ -110,20 +111,6 @@ class MemoryProducer:
     @property
     def in_flight(self) -> int:
         return 0
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Iterable[tuple[str, bytes]] | None = None,
-        timestamp: int | None = None,
-    ) -> Delivery:
-        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
-        (delivery,) = await self.send_batch([record])
-        return delivery
 
     async def send_batch(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
         """Append ``records`` and settle them. Cancellation: its one checkpoint comes

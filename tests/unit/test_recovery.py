@@ -146,6 +146,38 @@ async def test_records_of_uncommitted_events_are_skipped(autojump_clock: Any) ->
             assert table.as_dict() == {"old": 1, "outside": 1}
 
 
+@pytest.mark.parametrize("store", ["memory://", "sqlite"])
+async def test_replay_keeps_the_last_write_of_each_key(
+    store: str, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Recovery decodes each distinct key once (the last value of its bytes); the result
+    is still the last write of each key: when two encodings of one key are both in the
+    changelog (here ``"a"`` written as ``"\\u0061"`` too), the one written last wins,
+    and a record a later one of its key replaces is never decoded."""
+    url = await _new_broker()
+    changelog = "app-t-changelog"
+    async with trio_tables.open_transport(url) as transport:
+        await transport.create_topic(changelog, PARTITIONS)
+        async with transport.open_producer() as p:
+            await p.send_batch(
+                [
+                    OutgoingRecord(changelog, b"1", b'"\\u0061"', 0),
+                    OutgoingRecord(changelog, b"not json", b'"b"', 0),
+                    OutgoingRecord(changelog, b"2", b'"a"', 0),
+                    OutgoingRecord(changelog, b"5", b'"b"', 0),
+                    OutgoingRecord(changelog, b"3", b'"\\u0061"', 0),
+                    OutgoingRecord(changelog, b"4", b'"c"', 0),
+                    OutgoingRecord(changelog, None, b'"c"', 0),
+                ]
+            )
+    location = "memory://" if store == "memory://" else f"sqlite://{tmp_path}"
+    async with TableManager("app", broker=url, store=location) as manager:
+        table = manager.Table("t", key_type=str, value_type=int)
+        async with manager.stream("src"):
+            await manager.wait_until_recovered()
+            assert table.as_dict() == {"a": 3, "b": 5}
+
+
 class _CrashBetweenPersistAndCommit(TableManager):
     """Raises after the second commit cycle persisted its stores, before the source
     offsets are committed (like a worker killed at that moment)."""

@@ -82,6 +82,9 @@ CHANGES: dict[str, tuple[type, str, Callable[..., Any] | None]] = {
     "KafkaConsumer._coordinator.commit_offsets_async": (
         ConsumerCoordinator, "commit_offsets_async", None,
     ),
+    "KafkaConsumer._coordinator.fetch_committed_offsets": (
+        ConsumerCoordinator, "fetch_committed_offsets", None,
+    ),
     "KafkaConsumer._fetcher": (Fetcher, "fetched_records", _no_parking),
     "KafkaProducer._sender": (Sender, "add_topic", None),
     "KafkaProducer._transaction_manager": (

@@ -12,7 +12,8 @@ Rebalance listeners run on that loop; they hand work to Trio with
 ``TrioToken.run_sync_soon`` and wait on a kafka :class:`~kafka.future.Future` that Trio
 resolves. Resolving it from another thread needs the loop to be woken up, which is only
 reachable through private attributes: :func:`resolve_on_io_loop`,
-:func:`commit_on_io_loop`, the fetcher fix :func:`release_parked_records`, the producer
+:func:`commit_on_io_loop`, :func:`fetch_committed` (one request for many partitions),
+the fetcher fix :func:`release_parked_records`, the producer
 fixes :func:`track_topic` and :func:`end_transaction`, and the group join fixes
 :func:`keep_finished_join` and :func:`finish_join_round` are the only places that touch
 them. :mod:`._seams` checks every one of them once, when a Kafka transport opens
@@ -31,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -141,6 +142,18 @@ async def commit_on_io_loop(consumer: Any, offsets: Mapping[TP, int]) -> None:
     listener), where the blocking ``consumer.commit()`` would deadlock."""
     future = consumer._coordinator.commit_offsets_async(to_kafka_offsets(offsets))
     await future
+
+
+def fetch_committed(consumer: Any, tps: Iterable[TP]) -> dict[TP, int | None]:
+    """The group's committed offsets of ``tps`` (``None``: never committed), in one
+    OffsetFetch request: the public ``consumer.committed()`` sends one per partition
+    (eight partitions took ~0.2 s against the embedded broker, between an assignment and
+    its recovery). Blocking: the thread that owns ``consumer``."""
+    wanted = {to_kafka_tp(tp): tp for tp in tps}
+    if not wanted:
+        return {}
+    found = consumer._coordinator.fetch_committed_offsets(list(wanted))
+    return {tp: (found[ktp].offset if ktp in found else None) for ktp, tp in wanted.items()}
 
 
 def release_parked_records(consumer: Any) -> None:

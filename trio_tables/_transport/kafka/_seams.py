@@ -95,6 +95,16 @@ def _commit_on_io_loop() -> str | None:
     )
 
 
+def _committed_in_one_request() -> str | None:
+    from kafka import KafkaConsumer
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    return _first(
+        _sets(KafkaConsumer, "_coordinator"),
+        _method(ConsumerCoordinator, "fetch_committed_offsets", "partitions"),
+    )
+
+
 def _parked_records() -> str | None:
     from kafka import KafkaConsumer
     from kafka.consumer.fetcher import Fetcher
@@ -168,6 +178,12 @@ SEAMS: tuple[Seam, ...] = (
         "tests/integration/test_kafka_transport.py::"
         "test_offsets_the_revocation_listener_returns_are_committed_on_the_io_loop",
         _commit_on_io_loop,
+    ),
+    Seam(
+        "KafkaConsumer._coordinator.fetch_committed_offsets",
+        "_bridge.fetch_committed (the committed offsets of many partitions, one request)",
+        "tests/contract/test_groups.py::test_commit_round_trip_and_resume_from_commit",
+        _committed_in_one_request,
     ),
     Seam(
         "KafkaConsumer._fetcher._next_partition_records / _paused_partition_records",

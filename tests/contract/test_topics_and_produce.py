@@ -154,6 +154,34 @@ async def test_partition_out_of_range_fails_the_delivery(
         bad.result()
 
 
+async def test_end_offsets_asked_again_see_what_was_written_since(
+    transport: Transport, names: Names
+) -> None:
+    """Each answer is the end as of the question: a fetch the previous probe left in
+    flight (at the offset this one seeks: an empty partition's 0, the base of the batch
+    written since) must not answer it."""
+    topic = await names.topic(2)
+    tps = [TP(topic, 0), TP(topic, 1)]
+    async with (
+        transport.open_producer() as producer,
+        transport.open_restore_consumer() as consumer,
+    ):
+        await consumer.assign(tps)
+        ends = {tp: 0 for tp in tps}
+        for round_ in range(6):
+            assert await consumer.end_offsets(tps) == ends, round_
+            # Time passes between two questions (the scenario, not a wait for
+            # something): what a probe left in flight has arrived by the next one.
+            await trio.sleep(0.2)
+            size = 1 if round_ % 2 else 300
+            await producer.send_batch(
+                [OutgoingRecord(topic, b"%d" % i, partition=round_ % 2) for i in range(size)]
+            )
+            await producer.flush()
+            ends[tps[round_ % 2]] += size
+        assert await consumer.end_offsets(tps) == ends
+
+
 async def test_end_offset_after_one_large_batch(transport: Transport, names: Names) -> None:
     """Tansu's ListOffsets answers 1 here (last batch base + 1): end offsets must come
     from the fetch high watermark."""

@@ -30,6 +30,7 @@ __all__ = [
     "JsonCodec",
     "PickleCodec",
     "RawCodec",
+    "record_decoder",
     "resolve_codec",
 ]
 
@@ -242,6 +243,26 @@ class PickleCodec:
             return pickle.loads(data)
         except Exception as exc:
             raise CodecError(f"not a pickle: {bytes(data)[:80]!r}") from exc
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"not UTF-8 text: {bytes(data)[:80]!r}") from exc
+
+
+def record_decoder(codec: Codec) -> Callable[[bytes], Any] | None:
+    """What decodes a record's key or value for ``codec`` on the per-event path:
+    ``None`` when ``codec.decode`` returns the bytes as they are (raw, no type), a
+    cheaper function with the same results and errors (raw text), else
+    ``codec.decode``."""
+    if type(codec) is RawCodec:
+        if codec.type is None:
+            return None
+        if codec.type is str:
+            return _utf8
+    return codec.decode
 
 
 _BY_NAME: dict[str, Callable[[type | None], Codec]] = {

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal, Protocol
 
 import trio
 
 from ._batch import Batch, check_take_arguments
-from ._codecs import Codec, CodecError
+from ._codecs import Codec, CodecError, record_decoder
 from ._event import Event, current_event
 from ._transport._base import TP, Record
 from ._windows import Duration, to_ms
@@ -83,8 +83,9 @@ class Stream:
         self.topic = topic
         self._host = host
         self._event_processed = host.event_processed
-        self._key_decode: Callable[[bytes], Any] = key_codec.decode
-        self._value_decode: Callable[[bytes], Any] = value_codec.decode
+        # None: the bytes as they are (the raw codec without a type).
+        self._key_decode = record_decoder(key_codec)
+        self._value_decode = record_decoder(value_codec)
         self._on_decode_error = on_decode_error
         self.buffer_size = buffer_size
         self._buffers: dict[int, deque[Record]] = {}
@@ -220,13 +221,16 @@ class Stream:
         return None
 
     def _decode(self, record: Record, defer: bool = False) -> Event | None:
+        key, value = record.key, record.value
         try:
-            key = None if record.key is None else self._key_decode(record.key)
+            if key is not None and self._key_decode is not None:
+                key = self._key_decode(key)
         except CodecError as exc:
             self._decode_failed(record, "key", exc, defer)
             return None
         try:
-            value = None if record.value is None else self._value_decode(record.value)
+            if value is not None and self._value_decode is not None:
+                value = self._value_decode(value)
         except CodecError as exc:
             self._decode_failed(record, "value", exc, defer)
             return None

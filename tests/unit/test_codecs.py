@@ -15,6 +15,7 @@ from trio_tables._codecs import (
     RawCodec,
     check_encodable,
     check_type,
+    record_decoder,
     resolve_codec,
 )
 
@@ -182,3 +183,25 @@ def test_json_encode_fast_paths_agree_with_json_dumps(type_: type | None, value:
         return json.dumps(value, separators=(",", ":")).encode()
 
     assert _encoded(lambda: codec.encode(value)) == _encoded(slowly), value
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [RawCodec(), RawCodec(str), RawCodec(int), JsonCodec(), JsonCodec(str), PickleCodec()],
+    ids=repr,
+)
+@pytest.mark.parametrize("data", [b"12", b'"text"', b"\xff\xfe", b""])
+def test_the_per_event_decoder_decodes_as_the_codec_does(codec: Any, data: bytes) -> None:
+    """Streams decode keys and values with ``record_decoder(codec)``: the same value, or
+    the same CodecError, as ``codec.decode`` (``None``: the bytes as they are)."""
+    decoder = record_decoder(codec)
+    if decoder is None:
+        assert codec.decode(data) == data
+        return
+    try:
+        expected = codec.decode(data)
+    except CodecError:
+        with pytest.raises(CodecError):
+            decoder(data)
+        return
+    assert decoder(data) == expected

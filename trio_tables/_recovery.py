@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 import attrs
 import trio
 
-from ._changelog import uncommitted_filter
+from ._changelog import committed_records
 from ._progress import RestoreProgressLog
 from ._table import Collection, RecoveryRequest, StandbyUpdate
 from ._table._collection import RestoreReport
@@ -270,10 +270,12 @@ class _Tailer:
 
 def _confirmed_prefix(records: Iterable[Record], committed: Mapping[TP, int | None] | None) -> int:
     """How many leading ``records`` were caused by events the group has committed."""
-    uncommitted = None if committed is None else uncommitted_filter(committed)
+    records = list(records)
+    if committed is None:
+        return len(records)
     count = 0
-    for record in records:
-        if uncommitted is not None and uncommitted(record):
+    for record, kept in zip(records, committed_records(records, committed), strict=False):
+        if record is not kept:
             break
         count += 1
     return count

@@ -9,8 +9,8 @@ from trio_tables._changelog import (
     SOURCE_HEADER,
     SourceOffset,
     caused_by_uncommitted_event,
+    committed_records,
     encode_source,
-    uncommitted_filter,
 )
 from trio_tables._transport._base import TP, Record
 
@@ -36,10 +36,13 @@ headers = st.one_of(
 
 
 @given(committed_maps, st.lists(headers, max_size=10))
-def test_filter_agrees_with_the_per_record_check(
+def test_the_batch_filter_agrees_with_the_per_record_check(
     committed: dict[TP, int | None], all_headers: list[tuple[tuple[str, bytes], ...]]
 ) -> None:
-    uncommitted = uncommitted_filter(committed)
-    for i, record_headers in enumerate(all_headers):
-        record = Record("t-changelog", 0, i, b"k", b"1", 0, record_headers)
-        assert uncommitted(record) == caused_by_uncommitted_event(record, committed)
+    records = [
+        Record("t-changelog", 0, i, b"k", b"1", 0, record_headers)
+        for i, record_headers in enumerate(all_headers)
+    ]
+    assert committed_records(records, committed) == [
+        record for record in records if not caused_by_uncommitted_event(record, committed)
+    ]

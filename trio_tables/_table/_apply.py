@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from .._changelog import decode_stream_time, uncommitted_filter
+from .._changelog import committed_records, decode_stream_time
 from .._codecs import Codec
 from .._store import Store
 from .._store._base import MISSING
@@ -165,11 +165,10 @@ class ChangelogApply:
             return 0
         changes: dict[Any, Any] = {}
         decode_key, decode_value = self.key_codec.decode, self.value_codec.decode
-        uncommitted = None if committed is None else uncommitted_filter(committed)
         callbacks = self._changelog_callbacks
         # Recovery replays every record of a changelog through here: no work per record
         # that the batch does not need.
-        kept = records if uncommitted is None else [r for r in records if not uncommitted(r)]
+        kept = records if committed is None else committed_records(records, committed)
         if callbacks:
             for record in kept:
                 key, value = _decoded(record, decode_key, decode_value)

@@ -149,7 +149,16 @@ class Runner:
         return row
 
     def worker(self, *argv: str, records: int, topic: str, app: str, **opts: str) -> list[str]:
+        spy: list[str] = []
+        if self.args.py_spy:
+            # Every thread, idle ones too, sampled in order (speedscope's format keeps the
+            # order: a timeline shows which thread waited for which).
+            suffix = "-settings" if "kafka_settings" in opts else ""
+            record = Path(self.args.py_spy) / f"{app}-{'-'.join(argv)}{suffix}.speedscope.json"
+            spy = ["py-spy", "record", "--threads", "--idle", "-r", "250", "-f", "speedscope"]
+            spy += ["-o", str(record), "--"]
         command = [
+            *spy,
             sys.executable,
             str(HERE / "worker.py"),
             *argv,
@@ -345,6 +354,11 @@ def last_result(output: bytes) -> dict[str, Any] | None:
 
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
+    if args.py_spy:
+        if shutil.which("py-spy") is None:
+            console.print("[red]--py-spy needs py-spy on PATH: pip install py-spy[/red]")
+            return 2
+        await trio.Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     if args.soak:
         return await soak.main(args, console)
     if args.broker:
@@ -403,6 +417,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default="bench-results.json", help="write the results here")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per phase")
     parser.add_argument("--profile", default=None, help="directory for cProfile dumps")
+    parser.add_argument(
+        "--py-spy",
+        default=None,
+        help="directory for py-spy recordings of trio_tables' phases (pip install py-spy)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep stores and logs")
     parser.add_argument(
         "--kafka-settings", default="{}", help="JSON of more KafkaSettings for trio_tables"

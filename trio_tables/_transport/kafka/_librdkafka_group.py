@@ -33,6 +33,9 @@ __all__ = ["LibrdkafkaGroupConsumer"]
 #: kafka-python fetch sizes for the member that only keeps the membership.
 MEMBERSHIP_ONLY_CONFIG = {"fetch_max_bytes": 1, "max_partition_fetch_bytes": 1}
 
+#: The longest kafka-python poll of a member without partitions (see ``_fetch_batch``).
+_JOINING_POLL_MS = 20
+
 
 class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
     """Implements :class:`~trio_tables._transport._base.GroupConsumer`: membership,
@@ -68,18 +71,25 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         fetcher = self._fetcher
         # Membership first (rebalances complete here and reach the listener). Without
         # partitions to fetch there is nothing else to wait for.
-        self._consumer.poll(timeout_ms=0 if fetcher.assignment else int(timeout * 1000))
+        # Without partitions, kafka-python's poll is where a join completes; after it,
+        # the poll sleeps out what is left of its timeout (up to retry_backoff_ms, 100 ms
+        # by default) before the new partitions' recovery can have this client: 20 ms.
+        waiting = min(int(timeout * 1000), _JOINING_POLL_MS)
+        self._consumer.poll(timeout_ms=0 if fetcher.assignment else waiting)
         self._membership.note_group(self._consumer.group_metadata)
-        self._follow_assignment()
+        assigned_now = self._follow_assignment()
         if not fetcher.assignment:
             return {}
         # Partitions the listener revokes (or revokes and assigns again) meanwhile are
-        # dropped as the poll returns on the Trio thread (``_deliverable``).
-        return fetcher.fetch(timeout, max_records or self._max_poll_records)
+        # dropped as the poll returns on the Trio thread (``_deliverable``). Right after
+        # an assignment nothing waits here: the new partitions' recovery needs this
+        # client next (their committed offsets), and they are withheld until recovered.
+        return fetcher.fetch(0 if assigned_now else timeout, max_records or self._max_poll_records)
 
-    def _follow_assignment(self) -> None:
+    def _follow_assignment(self) -> bool:
         """Make the fetcher read what the listener was told this member owns, newly
-        assigned partitions from where the group says; keep kafka-python from fetching."""
+        assigned partitions from where the group says; keep kafka-python from fetching.
+        Whether partitions were newly assigned."""
         ownership = self._membership.take_fresh()  # one consistent view of it
         fresh = ownership.fresh
         try:
@@ -107,6 +117,7 @@ class LibrdkafkaGroupConsumer(KafkaGroupConsumer):
         consumer = self._consumer
         if running := consumer.assignment() - consumer.paused():
             consumer.pause(*running)
+        return bool(fresh)
 
     # -- GroupConsumer (poll, close and the rest: KafkaGroupConsumer) -------------------
     def _rewind(self, batch: Batch) -> None:

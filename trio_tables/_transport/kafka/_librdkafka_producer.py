@@ -12,11 +12,12 @@ them. Two :class:`~._bridge.ClientOwner` worker threads touch the client (librdk
 thread-safe): the *hand-over* owner runs ``produce()``; the *poll* owner runs ``poll()``
 for :meth:`LibrdkafkaTransportProducer.serve_acks`, a task of the nursery that owns the
 producer, whenever records are in flight. ``poll()`` runs the delivery callbacks, which
-go through :class:`~._producer._AckQueue` (its lock) to the Trio thread in bursts.
+go through an :class:`~._in_flight.AckQueue` (its lock) to the Trio thread in bursts.
 
-Threads: the Trio thread owns the accounting (``_in_flight``, ``_first_error``, the
-deliveries' outcomes); the hand-over thread reads ``_client`` only; the poll thread
-appends to the ack queue under its lock. librdkafka's own threads never call Python.
+Threads: the Trio thread owns the accounting (``_in_flight``, an
+:class:`~._in_flight.InFlight`, and the deliveries' outcomes); the hand-over thread
+reads ``_client`` only; the poll thread appends to the ack queue under its lock.
+librdkafka's own threads never call Python.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import trio
 from ...errors import TransactionError
 from .._base import TP, Delivery, GroupMetadata, OutgoingRecord, RecordMetadata, SendOneAsBatch
 from ._bridge import ClientOwner
+from ._in_flight import AckQueue, InFlight, Outcome
 from ._librdkafka import librdkafka_connection
 from ._librdkafka_errors import librdkafka_call, translate, translate_error
-from ._producer import _AckQueue
 
 __all__ = ["LibrdkafkaTransportProducer", "open_librdkafka_producer", "producer_config"]
 
@@ -94,20 +95,18 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
         self._poller = ClientOwner(f"{name} acks")
         self._check_topic = check_topic
         self._known_topics: set[str] = set()
-        self._max_in_flight = max_in_flight
-        # Trio thread only: counted at the hand-over, settled by _AckQueue._drain.
-        self._in_flight = 0
-        self._room = trio.lowlevel.ParkingLot()
+        # Trio thread only: counted at the hand-over, settled by the ack queue's drain.
+        self._in_flight = InFlight(max_in_flight)
         self._work = trio.lowlevel.ParkingLot()
-        self._acks = _AckQueue(self._settle)
-        self._first_error: Delivery | None = None
+        self._acks = AckQueue(self._settle)
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._in_flight.count
 
-    def _settle(self, outcomes: list[tuple[Delivery, Any, BaseException | None]]) -> None:
+    def _settle(self, outcomes: list[Outcome]) -> None:
         """(Trio thread) Settle a burst of reports: ``raw`` is (error, message)."""
+        failed = None
         for delivery, raw, _ in outcomes:
             error, message = raw
             if error is not None:
@@ -117,12 +116,10 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
                     else translate_error(error, "producing", topic=delivery.record.topic)
                 )
                 delivery.settle(None, exc)
-                if self._first_error is None:
-                    self._first_error = delivery
+                failed = failed or delivery
             else:
                 delivery.settle(_metadata(message), None)
-        self._in_flight -= len(outcomes)
-        self._room.unpark_all()
+        self._in_flight.settled(len(outcomes), failed)
 
     def _report(self, delivery: Delivery, error: Any, message: Any) -> None:
         """librdkafka delivery callback (the poll thread, or the hand-over thread for a
@@ -171,7 +168,7 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
         flight, so their reports reach Trio. Cancelled when the producer closes; a poll
         in progress finishes first (at most :data:`_POLL_TIMEOUT`)."""
         while True:
-            while not self._in_flight:
+            while not self._in_flight.count:
                 await self._work.park()
             await self._poller.run(self._client.poll, _POLL_TIMEOUT)
 
@@ -188,19 +185,17 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
         for topic in {record.topic for record in records} - self._known_topics:
             await self._check_topic(topic)
             self._known_topics.add(topic)
-        while self._in_flight >= self._max_in_flight:
-            await self._room.park()
+        await self._in_flight.wait_for_room()
         deliveries = [Delivery(record) for record in records]
         if not deliveries:
             return deliveries
-        self._in_flight += len(deliveries)
+        self._in_flight.add(len(deliveries))
         self._work.unpark_all()
         try:
             done = await self._owner.run(self._hand_over, deliveries, 0)
         except BaseException:
             # The hand-over never ran (ClientOwner.run), and _hand_over never raises.
-            self._in_flight -= len(deliveries)
-            self._room.unpark_all()
+            self._in_flight.withdraw(len(deliveries))
             raise
         with trio.CancelScope(shield=True):
             while done < len(deliveries):
@@ -217,11 +212,7 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
         Cancellation: the records stay in flight (nothing is lost or taken back); a
         later ``flush()`` waits for them and reports their failures.
         """
-        while self._in_flight:
-            await self._room.park()
-        failed, self._first_error = self._first_error, None
-        if failed is not None:
-            failed.result()
+        await self._in_flight.wait_settled()
 
     async def _no_transactions(self, *args: Any) -> None:
         raise TransactionError(

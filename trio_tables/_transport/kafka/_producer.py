@@ -4,22 +4,19 @@ Records are handed to kafka-python in batches (one thread hop per batch). Acknow
 arrive on kafka-python's sender thread; they are collected under a lock and delivered to
 Trio with one ``run_sync_soon`` per burst, not one per record.
 
-Threads: the Trio thread owns the accounting (``_in_flight``, ``_first_error``, the
-deliveries' outcomes); the client's worker thread hands records over (``_hand_over``)
-and runs every other client call; kafka-python's sender thread (or the worker thread,
-for a record refused at once) reports outcomes into :class:`_AckQueue`, whose
-``_pending``/``_scheduled`` are guarded by its lock and drained on the Trio thread.
+Threads: the Trio thread owns the accounting (``_in_flight``, an
+:class:`~._in_flight.InFlight`, and the deliveries' outcomes); the client's worker thread
+hands records over (``_hand_over``) and runs every other client call; kafka-python's
+sender thread (or the worker thread, for a record refused at once) reports outcomes into
+an :class:`~._in_flight.AckQueue`, drained on the Trio thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import trio
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.structs import ConsumerGroupMetadata
@@ -34,40 +31,9 @@ from .._base import (
     SendOneAsBatch,
 )
 from ._bridge import ClientOwner, end_transaction, to_kafka_offsets, track_topic
+from ._in_flight import AckQueue, InFlight, Outcome
 
 __all__ = ["KafkaTransportProducer"]
-
-
-class _AckQueue:
-    """Settles deliveries in Trio from kafka-python's sender thread, in bursts."""
-
-    def __init__(
-        self, settle: Callable[[list[tuple[Delivery, Any, BaseException | None]]], None]
-    ) -> None:
-        self._settle = settle
-        self._token = trio.lowlevel.current_trio_token()
-        # Guards _pending and _scheduled: written by the sender/worker threads
-        # (on_done) and the Trio thread (_drain).
-        self._lock = threading.Lock()
-        self._pending: list[tuple[Delivery, Any, BaseException | None]] = []
-        self._scheduled = False
-
-    def on_done(self, delivery: Delivery, outcome: Any) -> None:
-        """kafka-python callback (any thread): ``outcome`` is RecordMetadata or an error."""
-        error = outcome if isinstance(outcome, BaseException) else None
-        with self._lock:
-            self._pending.append((delivery, None if error else outcome, error))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(trio.RunFinishedError):  # the run is over; nobody waits
-            self._token.run_sync_soon(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-            self._scheduled = False
-        self._settle(pending)
 
 
 def _metadata(raw: Any) -> RecordMetadata:
@@ -104,32 +70,24 @@ class KafkaTransportProducer(SendOneAsBatch):
         # Worker thread only (the hand-over): topics the producer keeps metadata for.
         self._tracked_topics: set[str] = set()
         self._producer = producer
-        self._max_in_flight = max_in_flight
         self._transactional = transactional
-        # Trio thread only: counted at the hand-over, settled by _AckQueue._drain.
-        self._in_flight = 0
-        self._room = trio.lowlevel.ParkingLot()
-        self._acks = _AckQueue(self._settle)
-        self._first_error: Delivery | None = None
+        # Trio thread only: counted at the hand-over, settled by the ack queue's drain.
+        self._in_flight = InFlight(max_in_flight)
+        self._acks = AckQueue(self._settle)
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._in_flight.count
 
-    def _settle(self, outcomes: list[tuple[Delivery, Any, BaseException | None]]) -> None:
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        failed = None
         for delivery, raw, error in outcomes:
             if error is not None:
                 delivery.settle(None, error)
-                if self._first_error is None:
-                    self._first_error = delivery
+                failed = failed or delivery
             else:
                 delivery.settle(_metadata(raw), None)
-        self._in_flight -= len(outcomes)
-        self._room.unpark_all()
-
-    async def _wait_for_room(self) -> None:
-        while self._in_flight >= self._max_in_flight:
-            await self._room.park()
+        self._in_flight.settled(len(outcomes), failed)
 
     def _hand_over(self, deliveries: list[Delivery]) -> None:
         """(Worker thread) Give every record to kafka-python. Never raises: each record
@@ -177,12 +135,11 @@ class KafkaTransportProducer(SendOneAsBatch):
         for topic in {record.topic for record in records} - self._known_topics:
             await self._check_topic(topic)
             self._known_topics.add(topic)
-        await self._wait_for_room()
+        await self._in_flight.wait_for_room()
         deliveries = [Delivery(record) for record in records]
         if not deliveries:
             return deliveries
-        # Counted before the hand-over: acks can only arrive after it started.
-        self._in_flight += len(deliveries)
+        self._in_flight.add(len(deliveries))
         try:
             await self._owner.run(self._hand_over, deliveries)
         except BaseException:
@@ -190,8 +147,7 @@ class KafkaTransportProducer(SendOneAsBatch):
             # (cancelled at its entry or waiting for the client, or the client is
             # closed), and _hand_over itself never raises: no record of this batch was
             # handed over, and none will ever be acknowledged.
-            self._in_flight -= len(deliveries)
-            self._room.unpark_all()
+            self._in_flight.withdraw(len(deliveries))
             raise
         return deliveries
 
@@ -204,11 +160,7 @@ class KafkaTransportProducer(SendOneAsBatch):
         later ``flush()`` waits for them and reports their failures.
         """
         await self._owner.run(self._producer.flush)
-        while self._in_flight:
-            await self._room.park()
-        failed, self._first_error = self._first_error, None
-        if failed is not None:
-            failed.result()  # raises DeliveryFailed naming the record
+        await self._in_flight.wait_settled()
 
     async def _transactional_call(
         self, method: str, *args: Any, call: Callable[..., Any] | None = None, **kwargs: Any
@@ -260,11 +212,7 @@ class KafkaTransportProducer(SendOneAsBatch):
             timeout=self._end_transaction_timeout,
         )
         # Acks of the committed records may still be on their way to Trio.
-        while self._in_flight:
-            await self._room.park()
-        failed, self._first_error = self._first_error, None
-        if failed is not None:
-            failed.result()
+        await self._in_flight.wait_settled()
 
     async def abort_transaction(self) -> None:
         await self._transactional_call(
@@ -274,9 +222,7 @@ class KafkaTransportProducer(SendOneAsBatch):
             commit=False,
             timeout=self._end_transaction_timeout,
         )
-        while self._in_flight:
-            await self._room.park()
-        self._first_error = None
+        await self._in_flight.wait_settled(raise_failure=False)
 
     async def close(self, *, flush: bool) -> None:
         """Close the client; with ``flush``, first wait for every acknowledgement."""

@@ -136,6 +136,7 @@ def test_the_key_filter_never_forgets_a_key_and_rarely_claims_one() -> None:
         keys.add(key)
         keys.add(key)  # again: takes no room
     assert all(key in keys for key in stored)
-    claimed = sum(f"other-{i}" in keys for i in range(20_000))
-    # ~0.4 % per filled filter (32 bits per key, 2 probes), three filters asked
-    assert claimed < 0.03 * 20_000
+    claimed = sum(f"other-{i}" in keys for i in range(100_000))
+    # ~0.02 % per filled filter (32 bits per key, 4 probes), three filters asked: a
+    # store read per false claim, each a GIL hand-over on the Trio thread
+    assert claimed < 0.002 * 100_000

@@ -8,11 +8,15 @@ being complete: a table with more distinct keys per partition than the limit (th
 (a sqlite read hands the GIL over, which can wait milliseconds for a busy thread).
 
 The filter holds every key written to the store since the cache became complete, at
-about 4 bytes per key (32 bits, 2 probes: ~0.4 % false positives per filled filter, each
-costing one store read, never a wrong answer; with 16 bits, ~1.4-2 %, the 1M-key build
-spent ~7 % of its Trio thread's profile in those reads). It never forgets a key (a
-deleted key costs a store read that answers "absent"). It grows with distinct keys (not
-writes) by adding a larger filter (four times) when one is full.
+about 4 bytes per key (32 bits, 4 probes by double hashing: ~0.02 % false positives,
+each costing one store read, never a wrong answer). False positives matter more than
+their count suggests: a store read on the Trio thread gives the GIL up, and getting it
+back from a busy poll or commit thread takes up to the interpreter's switch interval
+(5 ms). With 2 probes (~0.4 %) the 1M-key build spent ~23 % of its Trio thread in those
+reads; with 4 the probes cost the same for a key never added (the first clear bit ends
+the check). It never forgets a key (a deleted key costs a store read that answers
+"absent"). It grows with distinct keys (not writes) by adding a larger filter (four
+times) when one is full.
 
 Threads: the Trio thread only (like the :class:`~._partition.PartitionState` that holds it).
 """
@@ -23,8 +27,9 @@ from collections.abc import Hashable
 
 __all__ = ["KeyFilter"]
 
-#: Bits per key at capacity; two probes per key.
+#: Bits per key at capacity, and probes per key.
 _BITS_PER_KEY = 32
+_PROBES = 4
 # Multipliers whose products' middle bits spread hash() (ints hash to themselves).
 _MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio
 _MIX2 = 0xC2B2AE3D27D4EB4F
@@ -48,33 +53,41 @@ class KeyFilter:
         """Add ``key``; a key the newest filter has already takes no room (the filter
         grows with distinct keys, not with writes)."""
         h = hash(key)
-        bits, mask = self._bits, self._mask
-        first = ((h * _MIX2) >> 32) & mask
-        second = ((h * _MIX) >> 29) & mask
-        if bits[first >> 3] >> (first & 7) & 1 and bits[second >> 3] >> (second & 7) & 1:
+        one, two = (h * _MIX2) >> 32, ((h * _MIX) >> 29) | 1
+        if _holds(self._bits, self._mask, one, two):
             return
         if not self._room:
-            self._older = ((bits, mask), *self._older)
+            self._older = ((self._bits, self._mask), *self._older)
             self._full *= 4
             size = self._full * _BITS_PER_KEY
-            bits = self._bits = bytearray(size >> 3)
-            mask = self._mask = size - 1
+            self._bits = bytearray(size >> 3)
+            self._mask = size - 1
             self._room = self._full
-            first = ((h * _MIX2) >> 32) & mask
-            second = ((h * _MIX) >> 29) & mask
         self._room -= 1
-        bits[first >> 3] |= 1 << (first & 7)
-        bits[second >> 3] |= 1 << (second & 7)
+        bits, mask = self._bits, self._mask
+        for probe in range(_PROBES):
+            bit = (one + probe * two) & mask
+            bits[bit >> 3] |= 1 << (bit & 7)
 
     def __contains__(self, key: Hashable) -> bool:
         h = hash(key)
-        one, two = (h * _MIX2) >> 32, (h * _MIX) >> 29
-        bits, mask = self._bits, self._mask
-        first, second = one & mask, two & mask
-        if bits[first >> 3] >> (first & 7) & 1 and bits[second >> 3] >> (second & 7) & 1:
+        one, two = (h * _MIX2) >> 32, ((h * _MIX) >> 29) | 1
+        if _holds(self._bits, self._mask, one, two):
             return True
-        for bits, mask in self._older:
-            first, second = one & mask, two & mask
-            if bits[first >> 3] >> (first & 7) & 1 and bits[second >> 3] >> (second & 7) & 1:
-                return True
+        return any(_holds(bits, mask, one, two) for bits, mask in self._older)
+
+
+def _holds(bits: bytearray, mask: int, one: int, two: int) -> bool:
+    """Whether all four probes ``one + i * two`` are set (double hashing); stops at the
+    first clear one (a key never added usually fails the first)."""
+    bit = one & mask
+    if not bits[bit >> 3] >> (bit & 7) & 1:
         return False
+    bit = (one + two) & mask
+    if not bits[bit >> 3] >> (bit & 7) & 1:
+        return False
+    bit = (one + 2 * two) & mask
+    if not bits[bit >> 3] >> (bit & 7) & 1:
+        return False
+    bit = (one + 3 * two) & mask
+    return bool(bits[bit >> 3] >> (bit & 7) & 1)

@@ -50,6 +50,24 @@ def test_falsy_values_are_kept_and_none_deletes(make_store: StoreFactory) -> Non
     assert store.persisted_offset(0) == 4
 
 
+def test_a_batch_of_thousands_of_writes_and_deletes_lands_whole(
+    make_store: StoreFactory,
+) -> None:
+    """sqlite writes many rows per statement (up to 1,000): batches around and past that
+    size, upserts and deletes, with the offset row in the last statement."""
+    store = make_store()
+    store.write_batch(0, {f"k{i}": i for i in range(2_501)}, offset=7)
+    deletes = {f"k{i}": None for i in range(0, 2_501, 2)}  # 1,251 deletes
+    store.write_batch(0, {**deletes, "new": "v", "k1": -1}, offset=9, meta={"t": 5})
+    expected = {f"k{i}": i for i in range(1, 2_501, 2)} | {"new": "v", "k1": -1}
+    assert dict(store.items(0)) == expected
+    assert store.count(0) == len(expected)
+    assert store.persisted_offset(0) == 9
+    assert store.persisted_meta(0) == {"t": 5}
+    assert store.get(0, "k0") is MISSING
+    assert store.get(0, "k2499") == 2_499
+
+
 def test_partitions_are_separate(make_store: StoreFactory) -> None:
     store = make_store()
     store.write_batch(0, {"a": 1}, offset=10)

@@ -268,9 +268,11 @@ class CommitCycle:
         for table, table_records in taken:
             table_offsets = last_offsets.setdefault(table.name, {})
             for delivery in deliveries[position : position + len(table_records)]:
-                metadata = delivery.result()
-                if metadata.offset > table_offsets.get(metadata.partition, -1):
-                    table_offsets[metadata.partition] = metadata.offset
+                # A changelog record names its partition.
+                partition, offset = delivery.record.partition, delivery.offset
+                assert partition is not None
+                if offset > table_offsets.get(partition, -1):
+                    table_offsets[partition] = offset
             position += len(table_records)
         changed_sources = self._ledger.changed_sources(snapshot)
         for table in list(self._tables.values()):

@@ -68,6 +68,9 @@ async def test_record_round_trip_keeps_every_field(transport: Transport, names: 
         1_600_000_000_123,
     )
     assert (await second.wait()).offset == 1
+    # The offset alone (what a commit cycle reads) agrees with the metadata.
+    assert (first.offset, second.offset) == (0, 1)
+    assert first.result() == meta  # the same metadata when asked again
     async with transport.open_restore_consumer() as consumer:
         await consumer.assign([TP(topic, 1)])
         records = await poll_count(consumer, 2)
@@ -95,7 +98,25 @@ async def test_record_without_key_and_value_fails_its_delivery(
         with pytest.raises(DeliveryFailed):
             await producer.flush()
     assert empty.failed
-    assert keyless.result().offset == 0
+    with pytest.raises(DeliveryFailed):
+        empty.offset  # noqa: B018 - raises like result()
+    assert keyless.result().offset == keyless.offset == 0
+
+
+async def test_headers_given_as_any_pairs_are_sent_as_str_and_bytes(
+    transport: Transport, names: Names
+) -> None:
+    topic = await names.topic(1)
+    async with transport.open_producer() as producer:
+        delivery = await producer.send(
+            topic, b"v", key=b"k", headers=[("trace", bytearray(b"\x01")), ("n", b"2")]
+        )
+        await producer.flush()
+    assert delivery.record.headers == (("trace", b"\x01"), ("n", b"2"))
+    async with transport.open_restore_consumer() as consumer:
+        await consumer.assign([TP(topic, 0)])
+        (record,) = await poll_count(consumer, 1)
+    assert record.headers == (("trace", b"\x01"), ("n", b"2"))
 
 
 async def test_default_partitioner_is_murmur2_of_the_key(

@@ -27,9 +27,9 @@ Conventions shared by every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -58,6 +58,7 @@ __all__ = [
     "SendOneAsBatch",
     "TopicDescription",
     "Transport",
+    "normalize_headers",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -65,7 +66,8 @@ IsolationLevel = Literal["read_uncommitted", "read_committed"]
 RebalanceProtocol = Literal["eager", "cooperative"]
 
 
-def _headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
+def normalize_headers(value: Iterable[tuple[str, bytes]] | None) -> Headers:
+    """``value`` as :data:`Headers`: a tuple of ``(str, bytes)`` pairs."""
     return tuple((str(k), bytes(v)) for k, v in (value or ()))
 
 
@@ -99,16 +101,19 @@ class Record(NamedTuple):
         return TP(self.topic, self.partition)
 
 
-@attrs.frozen
-class OutgoingRecord:
-    """A record to produce. ``partition=None`` lets the producer's partitioner choose
-    (murmur2 of the key, as Kafka's default partitioner); ``timestamp=None`` means now."""
+# A named tuple, not an attrs class: a commit cycle builds one per changelog record on
+# the Trio thread (271 ns against 1.23 us for the attrs class with its headers converter).
+class OutgoingRecord(NamedTuple):
+    """A record to produce (an immutable named tuple). ``partition=None`` lets the
+    producer's partitioner choose (murmur2 of the key, as Kafka's default partitioner);
+    ``timestamp=None`` means now. ``headers`` must be a tuple of ``(str, bytes)`` pairs:
+    :func:`normalize_headers` makes one from what a user passed."""
 
     topic: str
     value: bytes | None
     key: bytes | None = None
     partition: int | None = None
-    headers: Headers = attrs.field(default=(), converter=_headers)
+    headers: Headers = ()
     timestamp: int | None = None
 
 
@@ -167,7 +172,7 @@ class Delivery:
     acknowledged the record or the send failed.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_metadata", "record")
+    __slots__ = ("_done", "_error", "_event", "_metadata", "_offset", "_to_metadata", "record")
 
     def __init__(self, record: OutgoingRecord) -> None:
         self.record = record
@@ -175,7 +180,12 @@ class Delivery:
         # Made by the first wait() before the outcome: most deliveries are never waited
         # for one by one (a changelog batch is flushed), so they need no trio.Event.
         self._event: trio.Event | None = None
-        self._metadata: RecordMetadata | None = None
+        # The RecordMetadata, or (settle_lazily) the client's report that _to_metadata
+        # makes one of when asked: a commit cycle only needs each changelog record's
+        # offset, and building a RecordMetadata per record cost ~0.8 us on the Trio thread.
+        self._metadata: Any = None
+        self._to_metadata: Callable[[Any], RecordMetadata] | None = None
+        self._offset = -1
         self._error: BaseException | None = None
 
     @property
@@ -191,21 +201,50 @@ class Delivery:
         if self._done:
             return
         self._metadata = metadata
+        if metadata is not None:
+            self._offset = metadata.offset
         self._error = error
         self._done = True
         if self._event is not None:
             self._event.set()
 
-    def result(self) -> RecordMetadata:
-        """The metadata of a settled delivery, or raise :class:`DeliveryFailed`."""
+    def settle_lazily(
+        self, offset: int, report: Any, to_metadata: Callable[[Any], RecordMetadata]
+    ) -> None:
+        """Record an acknowledgement at ``offset``; ``to_metadata(report)`` makes its
+        :class:`RecordMetadata` when first asked for. From the Trio thread only."""
+        if self._done:
+            return
+        self._metadata = report
+        self._to_metadata = to_metadata
+        self._offset = offset
+        self._done = True
+        if self._event is not None:
+            self._event.set()
+
+    def _check(self) -> None:
         if not self._done:
             raise RuntimeError("delivery is not settled yet; await wait() first")
         if self._error is not None:
             raise DeliveryFailed(
                 self.record.topic, self.record.partition, self._error
             ) from self._error
+
+    def result(self) -> RecordMetadata:
+        """The metadata of a settled delivery, or raise :class:`DeliveryFailed`."""
+        self._check()
+        if self._to_metadata is not None:
+            self._metadata = self._to_metadata(self._metadata)
+            self._to_metadata = None
         assert self._metadata is not None
-        return self._metadata
+        return self._metadata  # type: ignore[no-any-return]
+
+    @property
+    def offset(self) -> int:
+        """The acknowledged record's offset (``result().offset`` without building the
+        metadata); raises like :meth:`result`."""
+        self._check()
+        return self._offset
 
     async def wait(self) -> RecordMetadata:
         """Wait for the broker's acknowledgement.
@@ -328,7 +367,7 @@ class SendOneAsBatch:
         headers: Iterable[tuple[str, bytes]] | None = None,
         timestamp: int | None = None,
     ) -> Delivery:
-        record = OutgoingRecord(topic, value, key, partition, tuple(headers or ()), timestamp)
+        record = OutgoingRecord(topic, value, key, partition, normalize_headers(headers), timestamp)
         (delivery,) = await self.send_batch([record])
         return delivery
 

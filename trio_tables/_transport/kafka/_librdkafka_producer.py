@@ -118,7 +118,7 @@ class LibrdkafkaTransportProducer(SendOneAsBatch):
                 delivery.settle(None, exc)
                 failed = failed or delivery
             else:
-                delivery.settle(_metadata(message), None)
+                delivery.settle_lazily(message.offset(), message, _metadata)
         self._in_flight.settled(len(outcomes), failed)
 
     def _report(self, delivery: Delivery, error: Any, message: Any) -> None:

@@ -221,7 +221,8 @@ class Stream:
         return None
 
     def _decode(self, record: Record, defer: bool = False) -> Event | None:
-        key, value = record.key, record.value
+        # One unpacking instead of seven attribute reads of the named tuple.
+        topic, partition, offset, key, value, timestamp, headers = record
         try:
             if key is not None and self._key_decode is not None:
                 key = self._key_decode(key)
@@ -234,15 +235,7 @@ class Stream:
         except CodecError as exc:
             self._decode_failed(record, "value", exc, defer)
             return None
-        return Event(
-            key,
-            value,
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.headers,
-        )
+        return Event(key, value, topic, partition, offset, timestamp, headers)
 
     def _decode_failed(self, record: Record, what: str, exc: CodecError, defer: bool) -> None:
         """Raise, or skip ``record``: processed at once unless ``defer`` (a ``take()``

@@ -41,8 +41,9 @@ import trio
 
 from ._flow import StreamFlow
 from ._ledger import PartitionLedger
+from ._memory import release_freed_memory
 from ._metrics import CycleMetrics
-from ._table import Collection
+from ._table import Collection, PersistBatch
 from ._transport._base import TP, Delivery, OutgoingRecord, Producer
 from .errors import CommitFailed
 
@@ -275,11 +276,22 @@ class CommitCycle:
                     table_offsets[partition] = offset
             position += len(table_records)
         changed_sources = self._ledger.changed_sources(snapshot)
+        trimmed = False
         for table in list(self._tables.values()):
             plan = table.persist_plan(last_offsets.get(table.name, {}), changed_sources)
             if table.data.persistent:
-                await trio.to_thread.run_sync(table.write_persist_plan, plan)
+                await trio.to_thread.run_sync(_write_plan, table, plan, not trimmed)
+                trimmed = True
             else:
                 table.write_persist_plan(plan)
             table.persisted(plan)
         self._ledger.sources_persisted(changed_sources)
+
+
+def _write_plan(table: Collection, plan: list[PersistBatch], release_memory: bool) -> None:
+    """(Worker thread) Write ``plan`` to ``table``'s persistent store; with
+    ``release_memory`` first return what earlier cycles freed to the system (the
+    cycle's first store write; see :mod:`._memory`)."""
+    if release_memory:
+        release_freed_memory()
+    table.write_persist_plan(plan)

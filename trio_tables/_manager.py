@@ -41,7 +41,6 @@ from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_async
 from ._codecs import JsonCodec, resolve_codec
 from ._core import build_core
 from ._hooks import ManagerHooks
-from ._memory import release_freed_memory
 from ._partitioner import key_bytes
 from ._serving import ManagerWeb
 from ._signals import StopControl
@@ -553,8 +552,6 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
             deadline += self.commit_interval
             await trio.sleep_until(deadline)
             await self.commit()
-            # What the cycle freed goes back to the system (see _memory.py).
-            await release_freed_memory()
 
     async def commit(self) -> None:
         """Run a commit cycle now and commit the source offsets.

@@ -12,9 +12,12 @@ same for the same reason.
 
 Only glibc has ``malloc_trim``; elsewhere (musl, macOS, Windows) this does nothing.
 
-Threads: :func:`release_freed_memory` runs the call in a Trio worker thread (the GIL is
-released during it); glibc locks each arena while trimming it, so other threads keep
-allocating.
+Used by the commit cycle of a worker with a persistent store, in the worker thread that
+writes the stores (no extra thread hop; the in-memory store has no such thread and no
+trim). What the previous cycle freed is returned there.
+
+Threads: any thread; glibc locks each arena while trimming it (other threads keep
+allocating) and ctypes releases the GIL during the call.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
-
-import trio
 
 __all__ = ["can_release_freed_memory", "release_freed_memory"]
 
@@ -52,9 +53,8 @@ def can_release_freed_memory() -> bool:
     return _malloc_trim is not None
 
 
-async def release_freed_memory() -> None:
-    """Return the C allocator's free pages to the system (glibc ``malloc_trim(0)``) in a
-    worker thread; nothing elsewhere. Cancellation: the call finishes first (a few
-    milliseconds), then the cancellation is delivered."""
+def release_freed_memory() -> None:
+    """Return the C allocator's free pages to the system (glibc ``malloc_trim(0)``);
+    nothing elsewhere. Blocking (0.1-10 ms): call it in a worker thread."""
     if _malloc_trim is not None:
-        await trio.to_thread.run_sync(_malloc_trim, 0)
+        _malloc_trim(0)

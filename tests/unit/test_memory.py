@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import platform
 
-import trio
-
 from trio_tables._memory import can_release_freed_memory, release_freed_memory
 
 
@@ -13,4 +11,4 @@ def test_glibc_gives_freed_memory_back_and_other_libcs_are_left_alone() -> None:
     assert can_release_freed_memory() == (platform.libc_ver()[0] == "glibc")
     garbage = [bytearray(1000) for _ in range(20_000)]  # C allocator blocks, freed now
     del garbage
-    trio.run(release_freed_memory)  # returns (and does nothing where it cannot)
+    release_freed_memory()  # returns (and does nothing where it cannot)

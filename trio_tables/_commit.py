@@ -41,7 +41,7 @@ import trio
 
 from ._flow import StreamFlow
 from ._ledger import PartitionLedger
-from ._memory import release_freed_memory
+from ._memory import TRIM_EVERY_ROWS, release_freed_memory
 from ._metrics import CycleMetrics
 from ._table import Collection, PersistBatch
 from ._transport._base import TP, Delivery, OutgoingRecord, Producer
@@ -182,6 +182,8 @@ class CommitCycle:
         self.lock = trio.Lock()
         # Counted once per cycle (metrics; see _metrics.py).
         self.metrics = CycleMetrics()
+        # Store rows written since glibc last returned freed memory (see _memory.py).
+        self._rows_since_trim = 0
         # Test seam: awaited (shielded) between taking the changes and delivering them.
         self.before_delivery: Callable[[], Awaitable[None]] | None = None
 
@@ -276,12 +278,14 @@ class CommitCycle:
                     table_offsets[partition] = offset
             position += len(table_records)
         changed_sources = self._ledger.changed_sources(snapshot)
-        trimmed = False
         for table in list(self._tables.values()):
             plan = table.persist_plan(last_offsets.get(table.name, {}), changed_sources)
             if table.data.persistent:
-                await trio.to_thread.run_sync(_write_plan, table, plan, not trimmed)
-                trimmed = True
+                self._rows_since_trim += sum(len(batch.changes) for batch in plan)
+                trim = self._rows_since_trim >= TRIM_EVERY_ROWS
+                await trio.to_thread.run_sync(_write_plan, table, plan, trim)
+                if trim:
+                    self._rows_since_trim = 0
             else:
                 table.write_persist_plan(plan)
             table.persisted(plan)
@@ -290,8 +294,8 @@ class CommitCycle:
 
 def _write_plan(table: Collection, plan: list[PersistBatch], release_memory: bool) -> None:
     """(Worker thread) Write ``plan`` to ``table``'s persistent store; with
-    ``release_memory`` first return what earlier cycles freed to the system (the
-    cycle's first store write; see :mod:`._memory`)."""
+    ``release_memory`` first return what earlier cycles freed to the system (see
+    :mod:`._memory`)."""
     if release_memory:
         release_freed_memory()
     table.write_persist_plan(plan)

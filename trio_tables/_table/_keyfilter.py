@@ -27,9 +27,8 @@ from collections.abc import Hashable
 
 __all__ = ["KeyFilter"]
 
-#: Bits per key at capacity, and probes per key.
+#: Bits per key at capacity.
 _BITS_PER_KEY = 32
-_PROBES = 4
 # Multipliers whose products' middle bits spread hash() (ints hash to themselves).
 _MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio
 _MIX2 = 0xC2B2AE3D27D4EB4F
@@ -65,7 +64,7 @@ class KeyFilter:
             self._room = self._full
         self._room -= 1
         bits, mask = self._bits, self._mask
-        for probe in range(_PROBES):
+        for probe in range(4):  # the probes _holds checks
             bit = (one + probe * two) & mask
             bits[bit >> 3] |= 1 << (bit & 7)
 
@@ -78,8 +77,9 @@ class KeyFilter:
 
 
 def _holds(bits: bytearray, mask: int, one: int, two: int) -> bool:
-    """Whether all four probes ``one + i * two`` are set (double hashing); stops at the
-    first clear one (a key never added usually fails the first)."""
+    """Whether all four probes ``one + i * two`` (``i`` = 0..3, double hashing) are set;
+    stops at the first clear one (a key never added usually fails the first). Unrolled:
+    :meth:`KeyFilter.add` sets the same four."""
     bit = one & mask
     if not bits[bit >> 3] >> (bit & 7) & 1:
         return False

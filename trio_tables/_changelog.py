@@ -72,14 +72,7 @@ def caused_by_uncommitted_event(record: Record, committed: Mapping[TP, int | Non
     record without a source header, or caused by a partition not in ``committed``, is
     applied.
     """
-    source = decode_source(record.headers)
-    if source is None:
-        return False
-    tp = TP(source.topic, source.partition)
-    if tp not in committed:
-        return False
-    position = committed[tp]
-    return position is None or source.offset >= position
+    return not committed_records((record,), committed)
 
 
 _APPLIED: Any = object()

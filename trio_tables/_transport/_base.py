@@ -204,9 +204,7 @@ class Delivery:
         if metadata is not None:
             self._offset = metadata.offset
         self._error = error
-        self._done = True
-        if self._event is not None:
-            self._event.set()
+        self._finish()
 
     def settle_lazily(
         self, offset: int, report: Any, to_metadata: Callable[[Any], RecordMetadata]
@@ -218,6 +216,9 @@ class Delivery:
         self._metadata = report
         self._to_metadata = to_metadata
         self._offset = offset
+        self._finish()
+
+    def _finish(self) -> None:
         self._done = True
         if self._event is not None:
             self._event.set()

@@ -55,6 +55,7 @@ def build_core(
     advertised_host: str | None,
     changelog_replication_factor: int,
     max_commit_backlog: int,
+    max_cycle_changes: int | None,
     event_grace: float,
     commit_timeout: float,
     revoke_timeout: float,
@@ -64,7 +65,12 @@ def build_core(
     """Create and wire the owners; ``transactional_id`` selects ``exactly_once``."""
     registry = TableRegistry(changelog_replication_factor=changelog_replication_factor)
     ledger = PartitionLedger()
-    flow = StreamFlow(ledger, max_commit_backlog=max_commit_backlog)
+    flow = StreamFlow(
+        ledger,
+        max_commit_backlog=max_commit_backlog,
+        max_cycle_changes=max_cycle_changes,
+        pending_changes=lambda: sum(table.pending_changes() for table in registry),
+    )
     health = WorkerHealth()
     assignor = TablesAssignor(standby_replicas=standby_replicas, host=advertised_host)
     assignor.freshness = registry.freshness

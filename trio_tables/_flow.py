@@ -17,7 +17,7 @@ Threads: only the Trio thread touches it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import trio
@@ -32,9 +32,21 @@ __all__ = ["StreamFlow"]
 class StreamFlow:
     """Streams, their hold and flow control (implements the streams' ``StreamHost``)."""
 
-    def __init__(self, ledger: PartitionLedger, *, max_commit_backlog: int) -> None:
+    def __init__(
+        self,
+        ledger: PartitionLedger,
+        *,
+        max_commit_backlog: int,
+        max_cycle_changes: int | None = None,
+        pending_changes: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.ledger = ledger
         self.max_commit_backlog = max_commit_backlog
+        self.max_cycle_changes = max_cycle_changes
+        self._pending_changes = pending_changes
+        # Set when the tables hold max_cycle_changes changes not taken yet: the
+        # committer starts a cycle before commit_interval is over (replaced per wait).
+        self.cycle_wanted = trio.Event()
         self.streams: dict[str, Stream] = {}
         # Set while a commit cycle holds the streams (they hand out no new event).
         self.hold: trio.Event | None = None
@@ -48,16 +60,39 @@ class StreamFlow:
 
     # -- StreamHost ----------------------------------------------------------------------
     async def between_events(self) -> None:
-        """Called by streams every few events: lets other tasks run, and holds the
-        stream while a commit cycle is sending and persisting and ``max_commit_backlog``
-        events were processed since it took its changes (bounds the memory that changes
-        waiting for the next cycle take when the changelog is slower than processing).
-        Cancellation: nothing is lost (no event is held)."""
+        """Called by streams every few events: lets other tasks run, and bounds the
+        changes that wait for a commit cycle (their records, acknowledgements and store
+        rows grow with them):
+
+        * while a cycle is sending and persisting, holds the stream once
+          ``max_commit_backlog`` events were processed since the cycle took its
+          changes, or the tables hold ``max_cycle_changes`` changes not taken yet (the
+          changelog is slower than processing);
+        * with no cycle in flight, asks for one (:attr:`cycle_wanted`) once the tables
+          hold ``max_cycle_changes`` changes not taken yet (processing is fast).
+
+        Changes are counted only once as many events were processed since the last
+        take (each event makes at most a few). Cancellation: nothing is lost (no event
+        is held)."""
         done = self._cycle_done
-        if done is not None and self.ledger.events_since_take >= self.max_commit_backlog:
-            await done.wait()
-        else:
-            await trio.lowlevel.checkpoint()
+        since_take = self.ledger.events_since_take
+        if done is not None:
+            if since_take >= self.max_commit_backlog or self._many_changes(since_take):
+                await done.wait()
+                return
+        elif not self.cycle_wanted.is_set() and self._many_changes(since_take):
+            self.cycle_wanted.set()
+        await trio.lowlevel.checkpoint()
+
+    def _many_changes(self, since_take: int) -> bool:
+        limit = self.max_cycle_changes
+        return limit is not None and since_take >= limit and self._pending_changes() >= limit
+
+    async def wait_cycle_wanted(self) -> None:
+        """Wait until a commit cycle is wanted before its interval is over; each call
+        waits for a new request. Cancellation: nothing happens."""
+        self.cycle_wanted = trio.Event()
+        await self.cycle_wanted.wait()
 
     async def wait_for_hold(self) -> None:
         """Wait until no commit cycle holds the streams."""

@@ -203,17 +203,24 @@ async def _enumerate(events: Any) -> Any:
         yield n, event
 
 
-async def test_streams_wait_for_a_commit_cycle_that_fell_behind() -> None:
+@pytest.mark.parametrize(
+    ("backlog", "changes"), [(500, None), (10**6, 500)], ids=["events", "changes"]
+)
+async def test_streams_wait_for_a_commit_cycle_that_fell_behind(
+    backlog: int, changes: int | None
+) -> None:
     # A commit cycle slower than processing (the changelog is the bottleneck when every
     # event writes a new key) must not let changes pile up without bound: after
-    # max_commit_backlog events past the cycle's snapshot, streams wait for it.
+    # max_commit_backlog events past the cycle's snapshot, or once the tables hold
+    # max_cycle_changes new changes, streams wait for it.
     url = _broker_url()
     await _topic(url, "keys")
     await _produce(url, "keys", [f"k{i}" for i in range(8000)])
     in_cycle, release = trio.Event(), trio.Event()
 
     class SlowChangelog(TableManager):
-        max_commit_backlog = 500
+        max_commit_backlog = backlog
+        max_cycle_changes = changes
 
     async def slow_delivery() -> None:
         if not release.is_set():
@@ -252,3 +259,53 @@ async def test_streams_wait_for_a_commit_cycle_that_fell_behind() -> None:
     # Held by the backlog bound (checked every 1024 events), not by running dry.
     assert 500 <= held_at[0] <= 4096
     assert table == {f"k{i}": 1 for i in range(8000)}
+
+
+def _changelog_records(url: str, topic: str) -> int:
+    broker = get_memory_broker(url.removeprefix("memory://"))
+    return sum(
+        broker.log(TP(topic, p)).end_offset("read_uncommitted") for p in range(PARTITIONS)
+    )
+
+
+async def test_many_changed_keys_start_a_commit_cycle_before_the_interval() -> None:
+    # A fast stream of distinct keys would make each cycle as large as commit_interval
+    # times its rate; max_cycle_changes starts one early. A stream of few keys (one
+    # coalesced change per key) keeps its interval.
+    url = _broker_url()
+    await _topic(url, "keys")
+    await _topic(url, "few")
+    await _produce(url, "keys", [f"k{i}" for i in range(6000)])
+    await _produce(url, "few", [f"w{i % 10}" for i in range(6000)])
+
+    class SmallCycles(TableManager):
+        max_cycle_changes = 2000
+
+    async with SmallCycles("early", broker=url, commit_interval=3600) as manager:
+        distinct = manager.Table("distinct", default=int, key_type=str, value_type=int)
+        few = manager.Table("few", default=int, key_type=str, value_type=int)
+        changelog = distinct.changelog_topic_name
+        async with manager.stream("few", key_type=str) as events:
+            seen = 0
+            async for event in events:
+                few[event.key] += 1
+                seen += 1
+                if seen == 6000:
+                    break
+            await trio.testing.wait_all_tasks_blocked()
+            # Before the block ends (leaving it releases the partitions: a cycle).
+            assert _changelog_records(url, few.changelog_topic_name) == 0  # interval only
+        async with manager.stream("keys", key_type=str) as events:
+            seen = 0
+            async for event in events:
+                distinct[event.key] += 1
+                seen += 1
+                if seen == 6000:
+                    break
+            with trio.fail_after(10):
+                while _changelog_records(url, changelog) < 2000:
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.lowlevel.checkpoint()
+            # Cycles of at least max_cycle_changes records (asked every 1024 events).
+            assert 2000 <= _changelog_records(url, changelog) < 6000
+            assert distinct.as_dict() == {f"k{i}": 1 for i in range(6000)}

@@ -393,6 +393,11 @@ class Collection(ChangelogApply, WindowSetup, FaustPlumbing):
         self._state(partition).buffer.add(key, (value, source_of(source), None))
 
     # -- commit cycle (called by the manager) ---------------------------------------------
+    def pending_changes(self) -> int:
+        """Changelog records the next commit cycle would send (one per key changed
+        with coalescing, one per write without)."""
+        return sum(len(state.buffer) for state in self._states.values())
+
     def take_changes(
         self, busy: frozenset[int] = frozenset()
     ) -> tuple[list[OutgoingRecord], list[int]]:

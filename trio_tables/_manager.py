@@ -128,16 +128,16 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
     as :meth:`serve_web` does; ``0`` picks a free port (see :attr:`web_url`).
 
     Commit cycles run every ``commit_interval`` seconds, and at once when the tables
-    hold ``max_cycle_changes`` changelog records not sent yet (a class attribute,
-    25,000; the next interval counts from there; ``None``: the interval only). While a
-    cycle is in flight, streams wait once the tables hold that many new changes, or
-    once they processed ``max_commit_backlog`` (50,000) events since it took its
-    changes. A cycle's records, acknowledgements and store rows grow with its changes:
-    a stream that changes many distinct keys fast would otherwise make each cycle as
-    large as ``commit_interval`` times its rate (the 1M-distinct-key build peaked
-    30-40 MB higher with cycles of 60k changes than of 25k). With changelog coalescing
-    (the default) a key changed many times counts once, so a stream of few keys keeps
-    its interval; without it every write counts.
+    hold ``max_cycle_changes`` changelog records not sent yet (a class attribute, set
+    in a subclass: 25,000; the next interval counts from there; ``None``: the interval
+    only). While a cycle is in flight, streams wait once the tables hold that many new
+    changes, or once they processed ``max_commit_backlog`` (50,000) events since it
+    took its changes. A cycle's records, acknowledgements and store rows grow with its
+    changes: a stream that changes many distinct keys fast would otherwise make each
+    cycle as large as ``commit_interval`` times its rate (the 1M-distinct-key build
+    peaked 30-40 MB higher with cycles of 60k changes than of 25k). With changelog
+    coalescing (the default) a key changed many times counts once, so a stream of few
+    keys keeps its interval; without it every write counts.
 
     ``gc_threshold``: while the block runs, Python's cyclic garbage collector examines
     its youngest generation after this many net allocations of container objects at the

@@ -39,7 +39,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DEFAULT_GC_THRESHOLD", "raised_gc_threshold"]
+__all__ = ["DEFAULT_GC_THRESHOLD", "checked_gc_threshold", "raised_gc_threshold"]
 
 logger = logging.getLogger("trio_tables.manager")
 
@@ -53,6 +53,14 @@ _before: tuple[int, int, int] | None = None
 _ours: tuple[int, int, int] | None = None
 
 
+def checked_gc_threshold(threshold0: int | None) -> int | None:
+    """``threshold0`` if it is a valid ``gc_threshold`` (a positive number, or
+    ``None``), else ``ValueError``."""
+    if threshold0 is not None and threshold0 < 1:
+        raise ValueError(f"gc_threshold must be a positive number or None, not {threshold0}")
+    return threshold0
+
+
 @contextmanager
 def raised_gc_threshold(threshold0: int | None) -> Iterator[None]:
     """While the block runs, the cyclic collector's first threshold is at least
@@ -63,8 +71,7 @@ def raised_gc_threshold(threshold0: int | None) -> Iterator[None]:
     if threshold0 is None:
         yield
         return
-    if threshold0 < 1:
-        raise ValueError(f"gc_threshold must be a positive number or None, not {threshold0}")
+    checked_gc_threshold(threshold0)
     with _lock:
         current = _thresholds()
         if _holders == 0:

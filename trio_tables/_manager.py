@@ -40,7 +40,8 @@ import trio
 from ._asyncio import AsyncioLoop, reset_current_asyncio_loop, set_current_asyncio_loop
 from ._codecs import JsonCodec, resolve_codec
 from ._core import build_core
-from ._gc import DEFAULT_GC_THRESHOLD, raised_gc_threshold
+from ._exception_groups import single_error
+from ._gc import DEFAULT_GC_THRESHOLD, checked_gc_threshold, raised_gc_threshold
 from ._hooks import ManagerHooks
 from ._partitioner import key_bytes
 from ._serving import ManagerWeb
@@ -72,21 +73,6 @@ __all__ = ["TableManager"]
 logger = logging.getLogger("trio_tables.manager")
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
-
-
-def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one non-cancellation error inside ``group``, if there is exactly one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, trio.Cancelled) and all(exc is not seen for seen in leaves):
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else None
 
 
 class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
@@ -128,31 +114,21 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
     as :meth:`serve_web` does; ``0`` picks a free port (see :attr:`web_url`).
 
     Commit cycles run every ``commit_interval`` seconds, and at once when the tables
-    hold ``max_cycle_changes`` changelog records not sent yet (a class attribute, set
-    in a subclass: 25,000; the next interval counts from there; ``None``: the interval
-    only). While a cycle is in flight, streams wait once the tables hold that many new
-    changes, or once they processed ``max_commit_backlog`` (50,000) events since it
-    took its changes. A cycle's records, acknowledgements and store rows grow with its
-    changes: a stream that changes many distinct keys fast would otherwise make each
-    cycle as large as ``commit_interval`` times its rate (the 1M-distinct-key build
-    peaked 30-40 MB higher with cycles of 60k changes than of 25k). With changelog
-    coalescing (the default) a key changed many times counts once, so a stream of few
-    keys keeps its interval; without it every write counts.
+    hold ``max_cycle_changes`` changelog records not sent yet (a class attribute, 25,000;
+    ``None``: the interval only); while one is in flight, streams wait at that many new
+    changes or ``max_commit_backlog`` (50,000) events. This bounds a cycle's memory when
+    a stream changes many distinct keys (docs/operations.md, "Cycle size").
 
     ``gc_threshold``: while the block runs, Python's cyclic garbage collector examines
-    its youngest generation after this many net allocations of container objects at the
-    earliest (CPython's default is 700; the other two thresholds are kept). Reference
-    counting frees the per-event objects; examined every 700 allocations they outlive
-    two collections, and the full collections they then trigger took 13 % of a word
-    count's time (docs/operations.md, "Garbage collection"). The threshold is only ever
-    raised; leaving the last running manager's block restores the thresholds it found,
-    unless the application changed them meanwhile. ``None`` leaves the collector alone.
+    its youngest generation after at least this many net allocations of container
+    objects (CPython: 700); only ever raised, restored when the last running manager
+    stops unless the application changed it meanwhile; ``None`` leaves the collector
+    alone (docs/operations.md, "Garbage collection").
     """
 
     # Events processed past a commit cycle in flight before streams wait for it.
     max_commit_backlog = 50_000
-    # Changes not taken yet (changelog records of the next cycle) that start a cycle
-    # before commit_interval is over (None: only the interval does).
+    # Changes not taken yet that start a cycle early (None: only the interval does).
     max_cycle_changes: int | None = 25_000
 
     def __init__(
@@ -206,9 +182,7 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
         self.advertised_host = advertised_host
         self.web_port = web_port
         self.web_host = web_host
-        if gc_threshold is not None and gc_threshold < 1:
-            raise ValueError(f"gc_threshold must be a positive number or None, not {gc_threshold}")
-        self.gc_threshold = gc_threshold
+        self.gc_threshold = checked_gc_threshold(gc_threshold)
         self.logger = logger
         # exactly_once: the producer's transactional id is "{app_id}-{worker_id}". A
         # stable worker_id lets a restarted worker fence its zombie at once (and abort
@@ -342,7 +316,7 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
                 self._asyncio.detach()
                 reset_current_asyncio_loop(self._asyncio_token)
         except BaseExceptionGroup as group:
-            single = _single_error(group)
+            single = single_error(group)
             if single is not None:
                 raise single from group
             raise
@@ -578,8 +552,8 @@ class TableManager(ManagerStatus, ManagerHooks, ManagerWeb):
 
     # -- commits ---------------------------------------------------------------------------
     async def _committer(self) -> None:
-        # Every commit_interval, or at once when the streams ask for a cycle (the tables
-        # hold max_cycle_changes changes); the next interval counts from there.
+        # Every commit_interval, or when the streams ask (max_cycle_changes), then again
+        # a full interval later.
         deadline = trio.current_time()
         while True:
             deadline += self.commit_interval

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import trio_tables
+from tests.cancellation import process
 from trio_tables import TableManager
 from trio_tables._transport._base import TP, OutgoingRecord
 from trio_tables._transport.memory._transport import get_memory_broker
@@ -261,15 +262,6 @@ async def test_streams_wait_for_a_commit_cycle_that_fell_behind(
     assert table == {f"k{i}": 1 for i in range(8000)}
 
 
-async def _count_events(events: Any, table: Any, n: int) -> None:
-    seen = 0
-    async for event in events:
-        table[event.key] += 1
-        seen += 1
-        if seen == n:
-            break
-
-
 def _changelog_records(url: str, topic: str) -> int:
     broker = get_memory_broker(url.removeprefix("memory://"))
     return sum(
@@ -295,12 +287,12 @@ async def test_many_changed_keys_start_a_commit_cycle_before_the_interval() -> N
         few = manager.Table("few", default=int, key_type=str, value_type=int)
         changelog = distinct.changelog_topic_name
         async with manager.stream("few", key_type=str) as events:
-            await _count_events(events, few, 6000)
+            await process(events, few, 6000)
             await trio.testing.wait_all_tasks_blocked()
             # Before the block ends (leaving it releases the partitions: a cycle).
             assert _changelog_records(url, few.changelog_topic_name) == 0  # interval only
         async with manager.stream("keys", key_type=str) as events:
-            await _count_events(events, distinct, 6000)
+            await process(events, distinct, 6000)
             with trio.fail_after(10):
                 while _changelog_records(url, changelog) < 2000:
                     await trio.testing.wait_all_tasks_blocked()

@@ -37,8 +37,8 @@ class StreamFlow:
         ledger: PartitionLedger,
         *,
         max_commit_backlog: int,
-        max_cycle_changes: int | None = None,
-        pending_changes: Callable[[], int] = lambda: 0,
+        max_cycle_changes: int | None,
+        pending_changes: Callable[[], int],
     ) -> None:
         self.ledger = ledger
         self.max_commit_backlog = max_commit_backlog
